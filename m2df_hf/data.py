@@ -321,7 +321,7 @@ def probe_video(path: str | os.PathLike) -> tuple[int, str | None]:
 def _short(error: BaseException) -> str:
     """First line of an error, without decord's ``[hh:mm:ss] /src/file.cc:123:`` prefix (stable reports)."""
     lines = str(error).strip().splitlines()
-    text = re.sub(r"^\[\d\d:\d\d:\d\d\] \S+:\d+: ", "", lines[0]) if lines else type(error).__name__
+    text = re.sub(r"^(\[\d\d:\d\d:\d\d\] \S+:\d+: )+", "", lines[0]) if lines else type(error).__name__
     return text[:200]
 
 
