@@ -291,8 +291,9 @@ def transform_clip(
     Evaluation: resize, centre crop. Then values in [0, 1], normalised by mean/std when both are given.
     Random draws, in this order, from ``generator``: flip (only when ``do_flip``), crop top, crop left.
     """
-    clip = torch.as_tensor(frames)
-    clip = clip.permute(0, 3, 1, 2).float()  # [T, 3, H, W]
+    if isinstance(frames, np.ndarray) and not frames.flags.writeable:
+        frames = frames.copy()  # torch warns on read-only arrays (e.g. from datasets' arrow buffers)
+    clip = torch.as_tensor(frames).permute(0, 3, 1, 2).float()  # [T, 3, H, W]
     clip = resize_short_side(clip, resize_short_side_to)
     h, w = clip.shape[-2:]
     if crop_size > min(h, w):
