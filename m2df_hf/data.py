@@ -33,6 +33,8 @@ import datasets
 from datasets.table import embed_table_storage
 from tqdm.auto import tqdm
 
+from .processing_m2df import VideoDecodeError, count_frames, read_video_frames
+
 SPLITS = ("train", "val", "test")
 LAYOUTS = ("class_folders", "flat", "auto")
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".mpeg", ".mpg", ".m4v")
@@ -292,7 +294,8 @@ def probe_video(path: str | os.PathLike) -> tuple[int, str | None]:
     """``(num_frames, None)`` for a usable video, ``(0, reason)`` otherwise.
 
     Usable means: decord opens it, reports at least one frame, and decodes the first and the last frame (a
-    truncated file usually opens but fails on its last frames).
+    truncated file often opens but fails on its last frames). Decoding goes through ``processing_m2df``, the
+    same code that reads the videos in training.
     """
     try:
         if os.path.getsize(path) == 0:
@@ -300,29 +303,22 @@ def probe_video(path: str | os.PathLike) -> tuple[int, str | None]:
     except OSError as error:
         return 0, f"cannot stat ({error})"
     try:
-        import decord
-    except ImportError as error:  # pragma: no cover - decord is a core dependency
-        raise ImportError("checking videos needs decord: pip install decord") from error
-    try:
-        reader = decord.VideoReader(str(path), num_threads=1)
-        num_frames = len(reader)
-    except Exception as error:  # decord raises its own DECORDError / RuntimeError types
+        num_frames = count_frames(path)
+    except VideoDecodeError as error:
         return 0, f"not a readable video ({_short(error)})"
-    if num_frames < 1:
-        return 0, "no decodable frame"
     for index in sorted({0, num_frames - 1}):
         try:
-            reader.get_batch([index]).asnumpy()
-        except Exception as error:
+            read_video_frames(path, [index])
+        except VideoDecodeError as error:
             return 0, f"frame {index} of {num_frames} cannot be decoded ({_short(error)})"
     return num_frames, None
 
 
 def _short(error: BaseException) -> str:
-    """First line of an error, without decord's ``[hh:mm:ss] /src/file.cc:123:`` prefix (stable reports)."""
+    """First line of an error, without decord's ``[hh:mm:ss] /src/file.cc:123:`` prefixes (stable reports)."""
     lines = str(error).strip().splitlines()
-    text = re.sub(r"^(\[\d\d:\d\d:\d\d\] \S+:\d+: )+", "", lines[0]) if lines else type(error).__name__
-    return text[:200]
+    text = re.sub(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ", "", lines[0]) if lines else type(error).__name__
+    return text[:300]
 
 
 def _probe_all(paths: list[str], num_proc: int | None, desc: str) -> list[tuple[int, str | None]]:

@@ -512,3 +512,9 @@ def test_truncated_video_that_still_opens_is_excluded(tmp_path):
     # decord's threaded decoder may already fail on the first frame of such a file: either index is right
     assert re.fullmatch(rf"frame ({len(reader) - 1}|0) of {len(reader)} cannot be decoded \(.+\)", undecodable["reason"])
     assert not re.search(r"\[\d\d:\d\d:\d\d\]", undecodable["reason"])  # decord's log prefix is stripped
+
+
+def test_probe_accepts_widths_where_decord_get_batch_misbehaves(tmp_path):
+    """decord 0.6's get_batch fails for some widths (48 px here); the check must still accept such videos."""
+    path = write_video(tmp_path / "narrow.mp4", np.random.default_rng(0).integers(0, 256, (5, 32, 48, 3), dtype=np.uint8))
+    assert data.probe_video(path) == (5, None)
