@@ -13,6 +13,7 @@ import datasets
 import decord
 import numpy as np
 import pytest
+import torch
 from conftest import write_video
 
 from m2df_hf import data
@@ -137,8 +138,10 @@ def test_real_split_lists(benchmark):
         assert len(names) == EXPECTED[benchmark][split][0]
         if benchmark == "ssv2_full":
             assert all(key.isdigit() and 0 <= int(key) < 174 for key in names)
-        if benchmark in ("kinetics100", "ssv2_small") and split != "train" or benchmark == "ssv2_small":
-            assert set(names.values()) == {100}
+        if benchmark == "ssv2_small" or (benchmark == "kinetics100" and split != "train"):
+            assert set(names.values()) == {100}  # CMN: 100 videos per class
+        if benchmark == "kinetics100" and split == "train":
+            assert (min(names.values()), max(names.values())) == (100, 108)
         classes_per_split[split] = set(names)
         ids_seen.update(video_id for _, video_id in entries)
     # few-shot protocol: disjoint classes, and no video listed twice anywhere
@@ -146,6 +149,25 @@ def test_real_split_lists(benchmark):
     assert not classes_per_split["train"] & classes_per_split["test"]
     assert not classes_per_split["val"] & classes_per_split["test"]
     assert max(ids_seen.values()) == 1
+
+
+@pytest.mark.skipif(not SHARED_SPLITS.is_dir(), reason="the shared split lists are not next to the repository")
+def test_download_uses_the_registered_urls(tmp_path):
+    served = {}
+    for sources in data.SPLIT_SOURCES.values():
+        for source in sources.values():
+            served[source.url] = (SHARED_SPLITS / source.name).read_bytes()
+    fetched = []
+
+    def fetch(url):
+        fetched.append(url)
+        return served[url]
+
+    paths = data.resolve_split_files("ssv2_full", download=True, cache_dir=tmp_path, fetch=fetch)
+    assert fetched == [data.SPLIT_SOURCES["ssv2_full"][s].url for s in data.SPLITS]
+    assert all(url.startswith("https://raw.githubusercontent.com/") for url in served)
+    assert paths == {s: tmp_path / "ssv2_OTAM" / f"{s}list03.txt" for s in data.SPLITS}
+    assert paths["test"].read_bytes() == (SHARED_SPLITS / "ssv2_OTAM/testlist03.txt").read_bytes()
 
 
 @pytest.mark.skipif(not SHARED_SPLITS.is_dir(), reason="the shared split lists are not next to the repository")
@@ -518,3 +540,21 @@ def test_probe_accepts_widths_where_decord_get_batch_misbehaves(tmp_path):
     """decord 0.6's get_batch fails for some widths (48 px here); the check must still accept such videos."""
     path = write_video(tmp_path / "narrow.mp4", np.random.default_rng(0).integers(0, 256, (5, 32, 48, 3), dtype=np.uint8))
     assert data.probe_video(path) == (5, None)
+
+
+def test_built_and_reloaded_datasets_give_the_same_episodes(tmp_path):
+    """Builder output feeds the episode dataset; the parquet copy (bytes) decodes to the same tensors."""
+    from m2df_hf.episodes import EpisodeDataset
+    from m2df_hf.processing_m2df import M2DFVideoProcessor
+
+    root, split_files, _, _ = make_ucf(tmp_path)
+    built = data.build_dataset_dict(root, split_files, layout="class_folders", verbose=False)
+    data.write_parquet(built, tmp_path / "pq")
+    reloaded = data.load_parquet_dataset_dict(tmp_path / "pq")
+    processor = M2DFVideoProcessor(num_frames=4, resize_short_side=32, crop_size=32)
+    episodes = [EpisodeDataset(d["train"], processor, way=2, shot=1, query_per_class=1, num_episodes=1, seed=3)[0]
+                for d in (built, reloaded)]
+    assert episodes[0]["class_names"] == episodes[1]["class_names"]
+    assert sorted(episodes[0]["class_names"]) == ["ApplyEyeMakeup", "YoYo"]  # no CamelCase split outside build_ucf101
+    for key in ("support_pixel_values", "query_pixel_values", "support_labels", "query_labels"):
+        assert torch.equal(episodes[0][key], episodes[1][key]), key
