@@ -402,6 +402,7 @@ class BuildReport:
     layout: str
     splits: dict[str, SplitReport] = dataclasses.field(default_factory=dict)
     split_files: dict[str, str] = dataclasses.field(default_factory=dict)
+    warnings: list[str] = dataclasses.field(default_factory=list)  # protocol problems across splits
 
     def to_dict(self) -> dict:
         return {
@@ -409,6 +410,7 @@ class BuildReport:
             "layout": self.layout,
             "split_files": self.split_files,
             "splits": {name: report.to_dict() for name, report in self.splits.items()},
+            "warnings": self.warnings,
         }
 
     def save(self, path: str | os.PathLike) -> None:
@@ -431,6 +433,7 @@ class BuildReport:
             hidden = max(0, len(r.missing) - max_paths) + max(0, len(r.undecodable) - max_paths)
             if hidden:
                 lines.append(f"         ... and {hidden} more (see the JSON report)")
+        lines += [f"  warning: {warning}" for warning in self.warnings]
         return "\n".join(lines)
 
 
@@ -573,12 +576,28 @@ def build_dataset_dict(
         built[split] = datasets.Dataset.from_dict(columns, features=dataset_features(class_list))
         split_report.kept, split_report.num_classes = len(kept), len(class_list)
 
+    report.warnings = _cross_split_warnings(built)
     if report_path is not None:
         report.save(report_path)
     if verbose:
         print(report.summary())
     dataset_dict = datasets.DatasetDict(built)
     return (dataset_dict, report) if return_report else dataset_dict
+
+
+def _cross_split_warnings(built: Mapping[str, datasets.Dataset]) -> list[str]:
+    """Few-shot splits must not share classes or videos; say so (with names) when they do."""
+    warnings = []
+    splits = list(built)
+    for i, first in enumerate(splits):
+        for second in splits[i + 1 :]:
+            classes = sorted(set(built[first]["class_name"]) & set(built[second]["class_name"]))
+            if classes:
+                warnings.append(f"classes in both {first} and {second}: {classes[:10]}" + (" ..." if len(classes) > 10 else ""))
+            videos = sorted(set(built[first]["video_id"]) & set(built[second]["video_id"]))
+            if videos:
+                warnings.append(f"{len(videos)} videos in both {first} and {second}, e.g. {videos[:5]}")
+    return warnings
 
 
 # --------------------------------------------------------------------------------------------------

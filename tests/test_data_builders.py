@@ -369,6 +369,10 @@ def test_layout_is_enforced(tmp_path):
     dsd, report = data.build_dataset_dict(root, split, layout="class_folders", verbose=False, return_report=True)
     assert len(dsd["train"]) == 0 and report.splits["train"].missing[0]["expected"] == f"{root}/walk/v1.*"
     assert len(data.build_dataset_dict(root, split, layout="flat", verbose=False)["train"]) == 1
+    assert report.warnings == []
+    both = {"train": split["train"], "test": write_lines(tmp_path / "test.txt", ["walk/v1"])}
+    _, report = data.build_dataset_dict(root, both, layout="flat", verbose=False, return_report=True)
+    assert report.warnings == ["classes in both train and test: ['walk']", "1 videos in both train and test, e.g. ['v1']"]
     with pytest.raises(ValueError, match="layout must be one of"):
         data.build_dataset_dict(root, split, layout="folders")
 
