@@ -490,7 +490,7 @@ def build_dataset_dict(
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    root = Path(video_root)
+    root = Path(video_root).absolute()  # rows keep absolute paths, usable from any working directory
     if not root.is_dir():
         raise ValueError(f"video root {root} is not a folder")
     unknown = sorted(set(split_files) - set(SPLITS))
