@@ -622,7 +622,8 @@ def write_parquet(
     data_dir.mkdir(parents=True, exist_ok=True)
     written = {}
     for split, dataset in dataset_dict.items():
-        total = sum(os.path.getsize(v["path"]) for v in dataset.with_format(None)["video"] if v["path"] and not v["bytes"])
+        videos = dataset.with_format(None)["video"]
+        total = sum(len(v["bytes"]) if v["bytes"] is not None else os.path.getsize(v["path"]) for v in videos)
         num_shards = max(1, min(len(dataset), -(-total // max_shard_bytes)))
         paths = []
         for shard_index in range(num_shards):

@@ -510,6 +510,9 @@ def test_parquet_shards_split_by_size(tmp_path):
     assert len(tiny["train"]) == len(dsd["train"])  # never more shards than rows
     reloaded = data.load_parquet_dataset_dict(tmp_path / "pq")
     assert reloaded["train"]["video_id"] == dsd["train"]["video_id"]
+    # an already embedded dataset is sized by its bytes: re-sharding it gives the same split
+    again = data.write_parquet(reloaded, tmp_path / "pq_again", max_shard_bytes=sizes // 3 + 1)
+    assert len(again["train"]) == 3
 
 
 def test_truncated_video_that_still_opens_is_excluded(tmp_path):
