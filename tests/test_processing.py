@@ -185,7 +185,7 @@ def test_resize_is_close_to_pil_bilinear():
     ours = transform_clip(image[None], 36, 36, False, True, None, None)[0] * 255  # centre 36x36 of 36x48
     pil = np.asarray(Image.fromarray(image).resize((48, 36), Image.BILINEAR)).astype(np.float64)[:, 6:42]
     diff = np.abs(ours.permute(1, 2, 0).double().numpy() - pil)
-    assert diff.mean() < 0.6 and diff.max() <= 3.0
+    assert diff.mean() < 0.5 and diff.max() <= 2.0
 
 
 def test_normalisation_uses_clip_statistics():
@@ -327,4 +327,6 @@ def test_processor_eval_is_deterministic_and_training_follows_the_generator(vide
     clip = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
     clip = torch.nn.functional.interpolate(clip, size=(36, 46), mode="bilinear", antialias=True)[:, :, 4:32, 9:37]
     mean, std = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-    torch.testing.assert_close(proc(video)["pixel_values"][0], (clip / 255 - mean) / std)
+    # our resize rounds to uint8 (like PIL in the release): at most one grey level from the float resize
+    torch.testing.assert_close(proc(video)["pixel_values"][0], (clip / 255 - mean) / std, atol=1.01 / 255 / min(CLIP_STD),
+                               rtol=0)
