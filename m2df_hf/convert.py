@@ -277,13 +277,15 @@ def convert_official_checkpoint(
 
     Builds `M2DFModel.from_clip(clip_name_or_path, preset=preset, **config_overrides)` (its text tower is CLIP's,
     as the release did not save one), loads the converted head and vision weights, checks that every head and vision
-    tensor was set to the checkpoint's value, and writes ``save_pretrained(output_dir)`` plus the CLIP tokenizer
-    when ``clip_name_or_path`` has one. The checkpoint is read and validated before the CLIP model is loaded.
+    tensor was set to the checkpoint's value, and writes ``save_pretrained(output_dir)``, the video processor with
+    the release's settings (`M2DFVideoProcessor.from_preset("reference")`) and the CLIP tokenizer when
+    ``clip_name_or_path`` has one. The checkpoint is read and validated before the CLIP model is loaded.
     Returns the model.
     """
     from transformers import AutoTokenizer, CLIPConfig
 
     from configuration_m2df import M2DFConfig
+    from m2df_hf.processing_m2df import M2DFVideoProcessor
     from modeling_m2df import M2DFModel
 
     state_dict = load_official_checkpoint(checkpoint_path)
@@ -303,6 +305,12 @@ def convert_official_checkpoint(
 
     output_dir = Path(output_dir)
     model.save_pretrained(output_dir)
+    # The release's input pipeline: jittered linspace frames, resize 256 / crop 224 (scaled to the CLIP's image
+    # size), no mean/std normalisation.
+    image_size = config.clip_config.vision_config.image_size
+    M2DFVideoProcessor.from_preset(
+        "reference", num_frames=config.num_frames, crop_size=image_size, resize_short_side=round(image_size * 256 / 224)
+    ).save_pretrained(output_dir)
     try:
         tokenizer = AutoTokenizer.from_pretrained(clip_name_or_path)
     except (OSError, ValueError):  # a CLIP folder saved without its tokenizer
