@@ -12,10 +12,12 @@ refused, never executed.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import pickle
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -102,20 +104,27 @@ def load_official_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {str(path)!r} does not exist or is not a file.")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        loaded = load_file(str(path), device="cpu")
+        try:
+            loaded = load_file(str(path), device="cpu")
+        except SafetensorError as err:
+            raise ValueError(f"Could not read {str(path)!r} as safetensors (corrupt or truncated?): {err}") from err
     else:
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
+            reason = next((line.strip() for line in str(err).splitlines() if "WeightsUnpickler error:" in line), "")
             raise ValueError(
-                f"Refusing to load {str(path)!r}: it holds objects that torch.load(weights_only=True) will not "
-                "create (only tensors and plain containers are allowed), and unpickling arbitrary objects can run "
-                "arbitrary code. If you trust the file, re-save just its tensors in a throw-away environment, e.g. "
-                "`torch.save(torch.load(p, weights_only=False)['model_state_dict'], 'clean.pth')`, and convert "
-                f"that. torch said: {str(err).splitlines()[0]}"
+                f"Refusing to load {str(path)!r}: torch.load(weights_only=True) cannot read it. Either it holds objects "
+                "other than tensors and plain containers (unpickling those can run arbitrary code, so this converter "
+                "never does), or it is not a torch.save file. If you trust the file, re-save just its tensors in a "
+                "throw-away environment, e.g. `torch.save(torch.load(p, weights_only=False)['model_state_dict'], "
+                f"'clean.pth')`, and convert that. {reason}"
             ) from err
+        except (RuntimeError, EOFError, OSError) as err:  # torch reports damaged archives in all three
+            raise ValueError(f"Could not read {str(path)!r} (corrupt or truncated checkpoint?): {err}") from err
     if isinstance(loaded, Mapping) and "model_state_dict" in loaded:
         loaded = loaded["model_state_dict"]
     if not isinstance(loaded, Mapping) or not loaded:
@@ -288,6 +297,10 @@ def convert_official_checkpoint(
     from m2df_hf.processing_m2df import M2DFVideoProcessor
     from modeling_m2df import M2DFModel
 
+    fields = set(inspect.signature(M2DFConfig.__init__).parameters) - {"self", "kwargs", "clip_config", "preset"}
+    unknown = sorted(set(config_overrides) - fields)
+    if unknown:  # PretrainedConfig would silently keep a misspelt field
+        raise ValueError(f"Unknown M2DFConfig fields {unknown}; valid fields: {sorted(fields)}.")
     state_dict = load_official_checkpoint(checkpoint_path)
     clip_config = CLIPConfig.from_pretrained(clip_name_or_path)
     config = M2DFConfig.from_preset(preset, clip_config=clip_config.to_dict(), **config_overrides)
@@ -314,7 +327,10 @@ def convert_official_checkpoint(
     try:
         tokenizer = AutoTokenizer.from_pretrained(clip_name_or_path)
     except (OSError, ValueError):  # a CLIP folder saved without its tokenizer
-        print(f"No tokenizer found at {clip_name_or_path}: save one into {output_dir} before using the model on text.")
+        warnings.warn(
+            f"No tokenizer found at {clip_name_or_path}: the model was saved without one; save the CLIP tokenizer "
+            f"into {output_dir} before using the model with class names."
+        )
     else:
         tokenizer.save_pretrained(output_dir)
     return model

@@ -375,7 +375,7 @@ def test_unsafe_pickles_are_refused(release, tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
     torch.save({"model_state_dict": release, "args": _Payload(str(marker))}, path)
-    with pytest.raises(ValueError, match=r"Refusing to load .*weights_only=True"):
+    with pytest.raises(ValueError, match=r"(?s)Refusing to load .*weights_only=True.*Unsupported global"):
         load_official_checkpoint(path)
     assert not marker.exists()
     torch.save({"model_state_dict": release, "args": argparse.Namespace(lr=1e-5)}, path)  # what drivers often save
@@ -383,6 +383,10 @@ def test_unsafe_pickles_are_refused(release, tmp_path):
         load_official_checkpoint(path)
     torch.save([1, 2], path)
     with pytest.raises(ValueError, match="not a state dict"):
+        load_official_checkpoint(path)
+    torch.save({"model_state_dict": release}, path)
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(ValueError, match="corrupt or truncated"):
         load_official_checkpoint(path)
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_official_checkpoint(tmp_path / "missing.pt")
@@ -403,6 +407,15 @@ def test_cli_converts_end_to_end(release, tmp_path):
     add_cli(parser.add_subparsers(dest="command"))
     assert "m2df convert-official --checkpoint" in parser._subparsers._group_actions[0].choices["convert-official"].format_help()
     out = tmp_path / "converted"
+    with pytest.raises(SystemExit):  # argparse rejects a --set without '='
+        parser.parse_args(["convert-official", "--checkpoint", "c", "--clip", "d", "--out", "o", "--set", "argmax"])
+    typo = parser.parse_args(
+        ["convert-official", "--checkpoint", str(checkpoint), "--clip", str(clip_dir), "--out", str(out),
+         "--set", "pps_eval_mod=argmax"]
+    )
+    with pytest.raises(ValueError, match=r"Unknown M2DFConfig fields \['pps_eval_mod'\]"):
+        typo.func(typo)
+    assert not out.exists()
     args = parser.parse_args(
         ["convert-official", "--checkpoint", str(checkpoint), "--clip", str(clip_dir), "--out", str(out),
          "--set", "pps_eval_mode=argmax", "--set", "cosine_eps=0.02"]
