@@ -7,10 +7,10 @@ OpenAI ViT, the release's LTCE, TCN with old-style weight norm and chomp, Transf
 import argparse
 import json
 import math
+import re
 
 import pytest
 import torch
-import torch.nn.functional as F
 from transformers import CLIPModel
 
 from configuration_m2df import M2DFConfig
@@ -241,18 +241,24 @@ def release_logits(sd, support, support_labels, query, class_text, prompt_ids):
 def test_head_tensors_are_copied_unchanged(release, converted_model):
     """(a) Every head tensor equals its source; the TCN's effective weights equal g * v / |v|."""
     params = converted_model.state_dict()
-    table = {
-        "context_conv1.weight": "local_view.temporal_context.conv1.weight",
-        "context_conv2.bias": "local_view.temporal_context.conv2.bias",
-        "context2.layers.0.0.norm.weight": "local_view.fusion_encoder.layers.0.norm.weight",
-        "context2.layers.0.0.fn.to_k.weight": "local_view.fusion_encoder.layers.0.attention.k_proj.weight",
-        "context_local.layers.0.0.fn.to_out.0.bias": "global_view.fusion_encoder.layers.0.attention.out_proj.bias",
-        "context_local.layers.0.1.net.0.weight": "global_view.fusion_encoder.layers.0.ffn.fc1.weight",
-        "context_local.layers.0.1.net.3.weight": "global_view.fusion_encoder.layers.0.ffn.fc2.weight",
-        "tcn.network.2.conv2.bias": "global_view.temporal_context.tcn.2.conv2.bias",
-    }
-    for source, target in table.items():
-        assert torch.equal(params[target], release[source]), target
+    renames = [  # METHOD.md section 9 -> this project's names, applied in order
+        ("context2.", "local_view.fusion_encoder."), ("context_local.", "global_view.fusion_encoder."),
+        (".layers.0.0.norm.", ".layers.0.norm."), (".layers.0.0.fn.to_out.0.", ".layers.0.attention.out_proj."),
+        (".layers.0.0.fn.to_q.", ".layers.0.attention.q_proj."), (".layers.0.0.fn.to_k.", ".layers.0.attention.k_proj."),
+        (".layers.0.0.fn.to_v.", ".layers.0.attention.v_proj."), (".layers.0.1.net.0.", ".layers.0.ffn.fc1."),
+        (".layers.0.1.net.3.", ".layers.0.ffn.fc2."), ("context_conv", "local_view.temporal_context.conv"),
+        ("tcn.network.", "global_view.temporal_context.tcn."),
+        ("weight_g", "parametrizations.weight.original0"), ("weight_v", "parametrizations.weight.original1"),
+    ]
+    skipped = re.compile(r"backbone\.|context_conv(11|22)\.|tcn\.network\.\d\.net\.|scale$")  # not head parameters
+    head_keys = [k for k in release if not skipped.match(k)]
+    assert len(head_keys) == 2 * 11 + 2 * 2 + 3 * 2 * 3  # 2 transformers, 2 LTCE convs, 3 TCN levels x 2 convs
+    for key in head_keys:
+        target = key
+        for old, new in renames:
+            target = target.replace(old, new)
+        assert torch.equal(params[target], release[key]), (key, target)
+    assert len([k for k in params if k.startswith(("local_view.", "global_view."))]) == len(head_keys)
     tcn = converted_model.global_view.temporal_context.tcn
     for level in range(3):
         for n in (1, 2):
