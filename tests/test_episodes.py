@@ -100,7 +100,7 @@ def test_episode_items_hold_model_inputs_names_and_ids(synthetic_train):
     ep = ds.sampler.episode(0)
     assert item["class_ids"].tolist() == ep.class_ids.tolist()
     names = synthetic_train.features["label"].names
-    assert item["class_names"] == [names[c].replace("_", " ") for c in ep.class_ids]
+    assert item["class_names"] == [names[c] for c in ep.class_ids]  # label names are the prompt names
     labels = np.asarray(synthetic_train["label"])
     assert np.array_equal(labels[item["query_indices"].numpy()], ep.class_ids[item["query_labels"].numpy()])
     # the pixels are the processor's, with the slot's generator: slot 0 is the first support video

@@ -145,7 +145,7 @@ def test_same_transform_across_frames_after_resize():
     for seed in range(5):
         out = transform_clip(frames, 24, 20, True, True, None, None, torch.Generator().manual_seed(seed)).double()
         for t in range(6):
-            torch.testing.assert_close(out[t] - out[0], torch.full_like(out[0], 10 * t / 255), atol=1e-5, rtol=0)
+            assert (out[t] - out[0] - 10 * t / 255).abs().max() < 1e-5
 
 
 def test_flip_off_never_flips():
@@ -185,7 +185,7 @@ def test_resize_is_close_to_pil_bilinear():
     ours = transform_clip(image[None], 36, 36, False, True, None, None)[0] * 255  # centre 36x36 of 36x48
     pil = np.asarray(Image.fromarray(image).resize((48, 36), Image.BILINEAR)).astype(np.float64)[:, 6:42]
     diff = np.abs(ours.permute(1, 2, 0).double().numpy() - pil)
-    assert diff.mean() < 0.6 and diff.max() <= 3.0
+    assert diff.mean() < 0.5 and diff.max() <= 2.0
 
 
 def test_normalisation_uses_clip_statistics():
@@ -193,7 +193,7 @@ def test_normalisation_uses_clip_statistics():
     frames[..., 0] = 255  # pure red
     out = M2DFVideoProcessor(num_frames=2, resize_short_side=8, crop_size=8)(frames)["pixel_values"]
     expected = torch.tensor([(1 - CLIP_MEAN[0]) / CLIP_STD[0], -CLIP_MEAN[1] / CLIP_STD[1], -CLIP_MEAN[2] / CLIP_STD[2]])
-    torch.testing.assert_close(out[0, 0, :, 3, 3], expected)
+    assert (out[0, 0, :, 3, 3] - expected).abs().max() < 1e-6
     raw = M2DFVideoProcessor.from_preset("reference", num_frames=2, resize_short_side=8, crop_size=8)(frames)
     assert torch.equal(raw["pixel_values"][0, 0, :, 0, 0], torch.tensor([1.0, 0.0, 0.0]))
 
@@ -327,4 +327,5 @@ def test_processor_eval_is_deterministic_and_training_follows_the_generator(vide
     clip = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
     clip = torch.nn.functional.interpolate(clip, size=(36, 46), mode="bilinear", antialias=True)[:, :, 4:32, 9:37]
     mean, std = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-    torch.testing.assert_close(proc(video)["pixel_values"][0], (clip / 255 - mean) / std)
+    # our resize rounds to uint8 (like PIL in the release): at most one grey level from the float resize
+    assert (proc(video)["pixel_values"][0] - (clip / 255 - mean) / std).abs().max() <= 1.01 / 255 / min(CLIP_STD)

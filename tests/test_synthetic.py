@@ -113,13 +113,18 @@ def test_build_synthetic_dataset_dict_has_the_contract_columns(tmp_path):
         assert split.column_names == ["video", "label", "class_name", "video_id", "num_frames"]
         assert type(split.features["video"]).__name__ == "Video" and split.features["video"].decode is False
         names = split.features["label"].names
-        assert names == sorted(names)
+        assert names == sorted(names) and all(re.match(r"^a \w+ \w+ \w+( \w+)?$", n) for n in names)
         for row in split:
-            folder = names[row["label"]]
-            assert row["class_name"] == folder.replace("_", " ")
+            assert row["class_name"] == names[row["label"]]
+            folder = row["class_name"].replace(" ", "_")
             assert row["video"]["path"].endswith(f"/{folder}/{row['video_id']}.mp4") and row["video"]["bytes"] is None
             assert row["num_frames"] == count_frames(row["video"]) == 6
     assert dsd["train"].num_rows == 6 * 2
+    # the fast path (no decoding) equals the checked build through m2df_hf.data.build_dataset_dict
+    checked = build_synthetic_dataset_dict(root, check_videos=True)
+    for name in dsd:
+        assert checked[name].features == dsd[name].features
+        assert checked[name].to_list() == dsd[name].to_list()
 
 
 def test_invalid_sizes_are_rejected(tmp_path):
