@@ -329,7 +329,7 @@ def registered_pipeline():
 
     from .pipeline_m2df import M2DFFewShotVideoClassificationPipeline
 
-    previous = PIPELINE_REGISTRY.supported_tasks.get(PIPELINE_TASK)
+    previous = PIPELINE_REGISTRY.supported_tasks.pop(PIPELINE_TASK, None)  # popped: no "overwriting" warning
     PIPELINE_REGISTRY.register_pipeline(
         PIPELINE_TASK, pipeline_class=M2DFFewShotVideoClassificationPipeline, pt_model=AutoModel
     )
@@ -362,7 +362,8 @@ def load_components(model_dir):
     M2DFVideoProcessor.register_for_auto_class("AutoFeatureExtractor")
     model = M2DFModel.from_pretrained(model_dir).eval()
     processor = M2DFVideoProcessor.from_pretrained(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    # Passing the config stops AutoTokenizer from asking to trust the folder's code (config.json has auto_map).
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, config=model.config)
     return model, processor, tokenizer
 
 

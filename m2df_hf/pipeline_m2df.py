@@ -33,6 +33,8 @@ from .processing_m2df import M2DFVideoProcessor
 
 FEW_SHOT = "few-shot"
 ZERO_SHOT = "zero-shot"
+# The model keeps CLIP's towers but not CLIPModel's logit scale; OpenAI CLIP's trained (and clamped) value is 100.
+ZERO_SHOT_LOGIT_SCALE = 100.0
 
 
 @dataclass
@@ -207,7 +209,7 @@ class M2DFFewShotVideoClassificationPipeline(Pipeline):
             text_embeds = model.get_text_features(**inputs["text"])  # [C, D]
             video = torch.nn.functional.normalize(query_embeds.mean(dim=1), dim=-1)  # [NQ, D]
             text = torch.nn.functional.normalize(text_embeds, dim=-1)
-            logits = self._zero_shot_scale() * video @ text.T  # [NQ, C]
+            logits = ZERO_SHOT_LOGIT_SCALE * video @ text.T  # [NQ, C]
         else:
             support = self._support_cache.get(inputs["support_key"])
             if support is None:
@@ -296,7 +298,3 @@ class M2DFFewShotVideoClassificationPipeline(Pipeline):
                 raise ValueError(f"{what}: could not decode the video ({type(err).__name__}: {err})") from err
         return torch.cat(pixel_values).to(self.model.dtype)
 
-    def _zero_shot_scale(self) -> float:
-        """CLIP's learned logit scale when the model holds one, else CLIP's trained value (100)."""
-        logit_scale = getattr(self.model, "logit_scale", None)
-        return float(logit_scale.exp()) if logit_scale is not None else 100.0

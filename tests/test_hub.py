@@ -152,7 +152,8 @@ def test_export_refuses_a_non_empty_folder_and_an_incomplete_model(tmp_path):
 
 
 class RecordingApi(HfApi):
-    """The real ``HfApi.upload_folder`` logic with the two network calls replaced by recorders."""
+    """The real ``HfApi.upload_folder`` logic with its network calls (create repo, validate the card's YAML,
+    commit) replaced by recorders."""
 
     def __init__(self):
         super().__init__(token="hf_fake")
@@ -161,6 +162,9 @@ class RecordingApi(HfApi):
     def create_repo(self, repo_id, **kwargs):
         self.calls.append(("create_repo", repo_id, kwargs))
         return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def _validate_yaml(self, content, **kwargs):
+        self.calls.append(("validate_yaml", yaml.safe_load(content.split("---\n")[1])["pipeline_tag"]))
 
     def create_commit(self, repo_id, operations, **kwargs):
         self.calls.append(("create_commit", repo_id, sorted(op.path_in_repo for op in operations)))
@@ -181,8 +185,9 @@ def test_push_uploads_exactly_the_exported_files(tmp_path, monkeypatch):
     api = RecordingApi()
     info = hub.push_folder(folder, "org/clip-m2df", api=api, private=True)
     assert info.oid == "a" * 40
-    (create, commit) = api.calls
+    (create, validate, commit) = api.calls
     assert create == ("create_repo", "org/clip-m2df", {"repo_type": "model", "private": True, "exist_ok": True})
+    assert validate == ("validate_yaml", "video-classification")
     assert commit[:2] == ("create_commit", "org/clip-m2df")
     assert set(commit[2]) == EXPORTED_FILES
 

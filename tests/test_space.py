@@ -47,4 +47,5 @@ def test_space_classifies_through_gradio_client(monkeypatch):
     assert got == pytest.approx({r["label"]: r["score"] for r in expected}, abs=1e-6)
     assert "Few-shot" in note and "3 classes with 2 support video(s)" in note
     assert len(gallery) == NUM_FRAMES
-    assert Image.open(gallery[0]["image"]["path"]).size == (CROP, CROP)
+    assert [item["caption"] for item in gallery] == [f"frame {t}/{NUM_FRAMES}" for t in range(1, NUM_FRAMES + 1)]
+    assert Image.open(gallery[0]["image"]).size == (CROP, CROP)
