@@ -5,7 +5,10 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -205,30 +208,63 @@ def test_push_refuses_an_incomplete_folder_before_any_hub_call(tmp_path):
 # ------------------------------------------------------------------------------------------------ offline Hub id
 
 
-def test_hub_id_loads_offline_from_the_cache(monkeypatch):
-    from transformers import AutoModel, pipeline
+HUB_ID_SCRIPT = """
+import json, sys
+import torch
+from transformers import AutoModel, pipeline
+
+model = AutoModel.from_pretrained("org/clip-m2df", trust_remote_code=True).eval()
+pixels = torch.randn(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+with torch.no_grad():
+    features = model.get_video_features(pixels)
+pipe = pipeline("video-classification", model="org/clip-m2df", trust_remote_code=True)
+query, support = json.loads(sys.argv[1])
+print(json.dumps({
+    "modules": [type(model).__module__, type(pipe).__module__, type(pipe.feature_extractor).__module__],
+    "m2df_hf_imported": "m2df_hf" in sys.modules,
+    "features": features.tolist(),
+    "ranking": pipe(query, support_set=support),
+}))
+"""
+
+
+def test_hub_id_loads_offline_from_the_cache(tmp_path):
+    """A Hub id resolved from a cache snapshot, in a fresh process where this package is not imported, so that the
+    remote code (not the locally registered classes) is what runs."""
+    from transformers import pipeline
 
     from modeling_m2df import M2DFModel
 
-    assert constants.HF_HUB_OFFLINE
     sha = "0123456789abcdef0123456789abcdef01234567"
     repo = Path(constants.HF_HUB_CACHE) / "models--org--clip-m2df"
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "refs" / "main").write_text(sha)
     shutil.copytree(exported_dir(), repo / "snapshots" / sha, dirs_exist_ok=True)
 
-    model = AutoModel.from_pretrained("org/clip-m2df", trust_remote_code=True).eval()
-    assert type(model).__module__.startswith("transformers_modules.org.")
+    query, support = videos()["q0"], support_set()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=os.environ["HF_HOME"])
+    done = subprocess.run(
+        [sys.executable, "-c", HUB_ID_SCRIPT, json.dumps([query, support])],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not out["m2df_hf_imported"]
+    for module in out["modules"]:
+        assert module.startswith("transformers_modules.org.clip_hyphen_m2df."), module
+
     local = M2DFModel.from_pretrained(tiny_model_dir()).eval()
     pixels = torch.randn(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        torch.testing.assert_close(model.get_video_features(pixels), local.get_video_features(pixels))
-
-    pipe = pipeline("video-classification", model="org/clip-m2df", trust_remote_code=True)
-    assert type(pipe).__name__ == "M2DFFewShotVideoClassificationPipeline"
-    expected = pipeline("video-classification", model=str(exported_dir()), trust_remote_code=True)
-    query = videos()["q0"]
-    assert pipe(query, support_set=support_set()) == expected(query, support_set=support_set())
+        torch.testing.assert_close(torch.tensor(out["features"]), local.get_video_features(pixels))
+    expected = pipeline("video-classification", model=str(exported_dir()), trust_remote_code=True)(
+        query, support_set=support
+    )
+    assert [r["label"] for r in out["ranking"]] == [r["label"] for r in expected]
+    torch.testing.assert_close(
+        torch.tensor([r["score"] for r in out["ranking"]]), torch.tensor([r["score"] for r in expected])
+    )
 
 
 # ------------------------------------------------------------------------------------------------ endpoint handler
