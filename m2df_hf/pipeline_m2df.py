@@ -124,6 +124,7 @@ class M2DFFewShotVideoClassificationPipeline(Pipeline):
     _load_video_processor = False
     _load_processor = False
     support_cache_size = 8
+    video_batch_size = 32  # videos per backbone call; `pipeline(..., batch_size=n)` overrides it
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -131,14 +132,14 @@ class M2DFFewShotVideoClassificationPipeline(Pipeline):
 
     # ---------------------------------------------------------------------------------------------- public API
 
-    def __call__(self, videos, support_set: dict | None = None, candidate_labels=None, top_k: int = 5, **kwargs):
+    def __call__(self, videos, support_set: dict | None = None, candidate_labels=None, top_k: int | None = None, **kwargs):
         """Rank the support classes (few-shot) or ``candidate_labels`` (zero-shot) for one or more queries.
 
         Args:
             videos: one query video, or a list of them (batched).
             support_set: ``{class name: [video, ...]}``, the same number of videos for every class.
             candidate_labels: class names for zero-shot mode (a list, or a comma-separated string).
-            top_k: how many labels to return per query (at most the number of classes).
+            top_k: how many labels to return per query (default 5, at most the number of classes).
 
         Returns:
             For one query, a list of ``{"label", "score", "mode"}`` sorted by score; for a list, one such list per
@@ -204,7 +205,7 @@ class M2DFFewShotVideoClassificationPipeline(Pipeline):
 
     def _forward(self, inputs):
         model = self.model
-        query_embeds = model.get_video_features(inputs["query_pixel_values"])  # [NQ, T, D]
+        query_embeds = self._encode_videos(inputs["query_pixel_values"])  # [NQ, T, D]
         if inputs["mode"] == ZERO_SHOT:
             text_embeds = model.get_text_features(**inputs["text"])  # [C, D]
             video = torch.nn.functional.normalize(query_embeds.mean(dim=1), dim=-1)  # [NQ, D]
@@ -214,7 +215,7 @@ class M2DFFewShotVideoClassificationPipeline(Pipeline):
             support = self._support_cache.get(inputs["support_key"])
             if support is None:
                 support = _SupportEmbeddings(
-                    video_embeds=model.get_video_features(inputs["support_pixel_values"]),
+                    video_embeds=self._encode_videos(inputs["support_pixel_values"]),
                     labels=inputs["support_labels"].to(query_embeds.device),
                     text_embeds=model.get_text_features(**inputs["text"]),
                 )
@@ -230,6 +231,11 @@ class M2DFFewShotVideoClassificationPipeline(Pipeline):
                 class_text_embeds=support.text_embeds,
             ).logits  # [NQ, N]
         return {"logits": logits.float(), "labels": inputs["labels"], "mode": inputs["mode"]}
+
+    def _encode_videos(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Frame embeddings ``[B, T, D]``, encoded ``video_batch_size`` videos at a time to bound memory."""
+        size = self._batch_size or self.video_batch_size
+        return torch.cat([self.model.get_video_features(chunk) for chunk in pixel_values.split(size)])
 
     def postprocess(self, outputs, top_k: int = 5):
         probs = outputs["logits"].softmax(dim=-1)  # [NQ, N]

@@ -109,6 +109,16 @@ def test_support_embeddings_are_computed_once_and_keyed_by_content(pipe, monkeyp
     pipe(v["q0"], support_set={**support, "waving": [v["c0"], str(changed)]})
     assert batch_sizes[-2:] == [1, 6]
 
+    # videos go through the backbone at most `batch_size` at a time, with the same scores
+    batch_sizes.clear()
+    pipe.clear_cache()
+    whole = pipe([v["q0"], v["q1"], v["q2"]], support_set=support)
+    monkeypatch.setattr(pipe, "_batch_size", 4)
+    pipe.clear_cache()
+    chunked = pipe([v["q0"], v["q1"], v["q2"]], support_set=support)
+    assert batch_sizes == [3, 6, 3, 4, 2]
+    torch.testing.assert_close(as_matrix(chunked, list(support)), as_matrix(whole, list(support)), atol=1e-5, rtol=1e-4)
+
 
 def test_bytes_and_array_inputs(pipe, direct):
     v, support = videos(), support_set()
