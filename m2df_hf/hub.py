@@ -161,32 +161,46 @@ def _results_notes(runs: list[dict]) -> str:
     return "\n".join(notes)
 
 
+def _setting_rows(run: dict) -> dict[str, str]:
+    task, model, test = run["task"], run["model"], run["test"]
+    dataset_id = f" (`{task['dataset_id']}`)" if task.get("dataset_id") else ""
+    encodings = run.get("backbone_frame_encodings")
+    return {
+        "dataset": f"{task['dataset']}{dataset_id}",
+        "way / shot / queries per class": f"{task.get('way', 5)} / {task['shot']} / {task.get('query_per_class', 1)}",
+        "model preset": model.get("preset", "–"),
+        "backbone": model.get("base_model") or "tiny random-init CLIP (no pretrained weights)",
+        "frames per video (T)": str(model.get("num_frames", "–")),
+        "test episodes / split / seed": (
+            f"{test['num_episodes']:,} / {test.get('split', 'test')} / {test.get('seed', '–')}"
+        ),
+        "backbone frame encodings at test": f"{encodings:,}" if encodings is not None else "–",
+        "synthetic data": "yes" if run.get("synthetic") else "no",
+    }
+
+
 def _settings_table(runs: list[dict]) -> str:
     if not runs:
         return "_Not recorded._"
-    lines = ["| setting | " + " | ".join(f"run {i + 1}" for i in range(len(runs))) + " |", "|---|" + "---|" * len(runs)]
-    fields = [
-        ("dataset", lambda r: r["task"]["dataset"] + (f" (`{r['task']['dataset_id']}`)" if r["task"].get("dataset_id") else "")),
-        ("way / shot / queries per class", lambda r: f"{r['task'].get('way', 5)} / {r['task']['shot']} / {r['task'].get('query_per_class', 1)}"),
-        ("model preset", lambda r: r["model"].get("preset", "–")),
-        ("backbone", lambda r: r["model"].get("base_model") or "tiny random-init CLIP (no pretrained weights)"),
-        ("frames per video (T)", lambda r: r["model"].get("num_frames", "–")),
-        ("test episodes / split / seed", lambda r: f"{r['test']['num_episodes']:,} / {r['test'].get('split', 'test')} / {r['test'].get('seed', '–')}"),
-        ("backbone frame encodings at test", lambda r: f"{r['backbone_frame_encodings']:,}" if "backbone_frame_encodings" in r else "–"),
-        ("synthetic data", lambda r: "yes" if r.get("synthetic") else "no"),
-    ]
-    for label, get in fields:
-        lines.append(f"| {label} | " + " | ".join(str(get(r)) for r in runs) + " |")
+    rows = [_setting_rows(run) for run in runs]
+    lines = ["| setting | " + " | ".join(f"run {i + 1}" for i in range(len(runs))) + " |"]
+    lines.append("|---|" + "---|" * len(runs))
+    for label in rows[0]:
+        lines.append(f"| {label} | " + " | ".join(row[label] for row in rows) + " |")
     return "\n".join(lines)
 
 
 def _protocol(runs: list[dict]) -> str:
     if not runs:
-        return "This checkpoint has not been evaluated. `m2df evaluate --model DIR --dataset ... --episodes 10000` runs the protocol below."
+        return (
+            "This checkpoint has not been evaluated. `m2df evaluate --model DIR --dataset ... --episodes 10000` runs "
+            "the protocol used for published checkpoints."
+        )
     n = ", ".join(f"{int(r['test']['num_episodes']):,}" for r in runs)
     text = (
-        f"Each number is the mean accuracy over {n} random 5-way K-shot test episodes with 1 query per class, drawn "
-        "from the test split's classes with a fixed seed, so that two runs test on the same episodes. The 95% "
+        f"Each number is the mean accuracy over {n} random N-way K-shot test episodes (way, shot and queries per "
+        "class are in the settings), drawn from the test split's classes with a fixed seed, so that two runs test "
+        "on the same episodes. The 95% "
         "confidence interval is `1.96 * std / sqrt(n)` over per-episode accuracies (population std), as in the "
         "few-shot action recognition literature. The evaluation transform is deterministic, so each test video is "
         "encoded once and every episode's head runs from the cached frame features. The prediction is the argmax "
@@ -352,7 +366,8 @@ def load_components(model_dir):
     from .processing_m2df import M2DFVideoProcessor
 
     model_dir = Path(model_dir)
-    missing = [name for name in ("config.json", "model.safetensors", "preprocessor_config.json") if not (model_dir / name).is_file()]
+    needed = ("config.json", "model.safetensors", "preprocessor_config.json")
+    missing = [name for name in needed if not (model_dir / name).is_file()]
     if not (model_dir / "tokenizer_config.json").is_file():
         missing.append("tokenizer files (tokenizer_config.json)")
     if missing:
@@ -412,7 +427,9 @@ REQUIRED_HUB_FILES = (
 PUSH_IGNORE_PATTERNS = ["__pycache__/*", "*/__pycache__/*", "*.pyc"]
 
 
-def push_folder(folder, repo_id: str, api: HfApi | None = None, private: bool = False, commit_message: str | None = None):
+def push_folder(
+    folder, repo_id: str, api: HfApi | None = None, private: bool = False, commit_message: str | None = None
+):
     """Create ``repo_id`` (if needed) and upload ``folder`` to it. Returns the ``CommitInfo`` of the upload.
 
     ``api`` defaults to ``HfApi()`` (token from ``HF_TOKEN`` or ``hf auth login``); tests pass their own.
@@ -422,7 +439,9 @@ def push_folder(folder, repo_id: str, api: HfApi | None = None, private: bool = 
         raise ValueError(f"folder not found: {folder}")
     missing = [name for name in REQUIRED_HUB_FILES if not (folder / name).is_file()]
     if missing:
-        raise ValueError(f"{folder} is not a complete Hub folder (missing {', '.join(missing)}); run `m2df export` first")
+        raise ValueError(
+            f"{folder} is not a complete Hub folder (missing {', '.join(missing)}); run `m2df export` first"
+        )
     if repo_id.count("/") != 1:
         raise ValueError(f"repo id must look like 'org/name', got {repo_id!r}")
     api = api if api is not None else HfApi()
@@ -519,11 +538,14 @@ def add_cli(subparsers) -> None:
         epilog="examples:\n"
         '  m2df predict --model outputs/demo/model --support "jump=a.mp4,b.mp4" --support "run=c.mp4,d.mp4" \\\n'
         "      --query q.mp4\n"
-        '  m2df predict --model org/clip-m2df --support "jump=a.mp4" --support "run=c.mp4" --query q1.mp4 q2.mp4 --json\n'
+        '  m2df predict --model org/clip-m2df --support "jump=a.mp4" --support "run=c.mp4" \\\n'
+        "      --query q1.mp4 q2.mp4 --json\n"
         '  m2df predict --model org/clip-m2df --candidate-labels "jumping,running" --query q.mp4   # zero-shot\n',
     )
     p.add_argument("--model", required=True, help="saved/exported model folder or Hub id")
-    p.add_argument("--support", action="append", default=[], metavar='"CLASS=PATH,PATH"', help="one per class (repeat)")
+    p.add_argument(
+        "--support", action="append", default=[], metavar='"CLASS=PATH,PATH"', help="one per class (repeat)"
+    )
     p.add_argument("--candidate-labels", help="comma-separated class names for zero-shot mode (no support videos)")
     p.add_argument("--query", required=True, nargs="+", help="query video path(s); several are batched")
     p.add_argument("--top-k", type=int, default=5, help="how many labels to print per query (default 5)")
@@ -538,9 +560,12 @@ def add_cli(subparsers) -> None:
         description="Export a saved model folder (e.g. from train_accelerate.py) as a folder ready for the Hub.",
         epilog="examples:\n"
         "  m2df export --model outputs/demo/model --out hub/clip-m2df-demo\n"
-        "  m2df export --model outputs/ssv2_small_1shot/model --out hub/ssv2 --repo-id org/clip-m2df-ssv2 --overwrite\n",
+        "  m2df export --model outputs/ssv2_small_1shot/model --out hub/ssv2 --repo-id org/clip-m2df-ssv2 \\\n"
+        "      --overwrite\n",
     )
-    p.add_argument("--model", required=True, help="saved model folder (config.json, model.safetensors, processor, tokenizer)")
+    p.add_argument(
+        "--model", required=True, help="saved model folder (config.json, model.safetensors, processor, tokenizer)"
+    )
     p.add_argument("--out", required=True, help="output Hub folder (must be empty unless --overwrite)")
     p.add_argument("--repo-id", default=None, help="Hub id to use in the card's usage examples")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")

@@ -132,7 +132,9 @@ class M2DFFewShotVideoClassificationPipeline(Pipeline):
 
     # ---------------------------------------------------------------------------------------------- public API
 
-    def __call__(self, videos, support_set: dict | None = None, candidate_labels=None, top_k: int | None = None, **kwargs):
+    def __call__(
+        self, videos, support_set: dict | None = None, candidate_labels=None, top_k: int | None = None, **kwargs
+    ):
         """Rank the support classes (few-shot) or ``candidate_labels`` (zero-shot) for one or more queries.
 
         Args:

@@ -58,7 +58,8 @@ def test_predict_text_output_and_zero_shot(pipe, capsys):
 
 
 def test_parse_support_and_its_errors():
-    assert hub.parse_support(["a=x.mp4, y.mp4", "b=z.mp4", "a=w.mp4"]) == {"a": ["x.mp4", "y.mp4", "w.mp4"], "b": ["z.mp4"]}
+    parsed = hub.parse_support(["a=x.mp4, y.mp4", "b=z.mp4", "a=w.mp4"])
+    assert parsed == {"a": ["x.mp4", "y.mp4", "w.mp4"], "b": ["z.mp4"]}
     with pytest.raises(ValueError, match="expects 'class name=path,path'"):
         hub.parse_support(["no-equals-sign.mp4"])
     with pytest.raises(ValueError, match="class 'a' has no videos"):

@@ -20,7 +20,9 @@ from hub_helpers import RESULTS, exported_dir, support_set, tiny_model_dir, vide
 from m2df_hf import hub
 
 REAL_RUN = {
-    "task": {"dataset": "ssv2_small", "dataset_id": "org/ssv2-small-fewshot", "way": 5, "shot": 1, "query_per_class": 1},
+    "task": {
+        "dataset": "ssv2_small", "dataset_id": "org/ssv2-small-fewshot", "way": 5, "shot": 1, "query_per_class": 1
+    },
     "model": {"preset": "paper", "base_model": "openai/clip-vit-base-patch16", "num_frames": 8},
     "test": {"accuracy": 55.43, "ci95": 0.41, "num_episodes": 10000, "split": "test", "seed": 0},
     "val_best": {"accuracy": 53.9, "ci95": 0.9, "num_episodes": 1000, "step": 1200},
@@ -66,7 +68,9 @@ def test_card_metadata_and_model_index_hold_the_results(tmp_path):
     assert {"few-shot", "action-recognition", "video", "clip"} <= set(meta["tags"])
     (result,) = meta["model-index"][0]["results"]
     assert result["task"]["type"] == "video-classification"
-    assert result["dataset"] == {"name": "SSv2-Small", "type": "org/ssv2-small-fewshot", "config": "5-way-1-shot", "split": "test"}
+    assert result["dataset"] == {
+        "name": "SSv2-Small", "type": "org/ssv2-small-fewshot", "config": "5-way-1-shot", "split": "test"
+    }
     (metric,) = result["metrics"]
     assert metric["type"] == "accuracy" and metric["value"] == 55.43
     assert metric["args"] == {"ci95": 0.41, "num_episodes": 10000}

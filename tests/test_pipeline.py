@@ -81,7 +81,8 @@ def test_batch_equals_one_by_one(pipe):
     queries = [v["q0"], v["q1"], v["q2"]]
     batched = pipe(queries, support_set=support)
     single = [pipe(q, support_set=support) for q in queries]
-    torch.testing.assert_close(as_matrix(batched, list(support)), as_matrix(single, list(support)), atol=1e-5, rtol=1e-4)
+    labels = list(support)
+    torch.testing.assert_close(as_matrix(batched, labels), as_matrix(single, labels), atol=1e-5, rtol=1e-4)
     assert [r[0]["label"] for r in batched] == [r[0]["label"] for r in single]
 
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import pytest
 
-from hub_helpers import NUM_FRAMES, CROP, exported_dir, support_set, videos
+from hub_helpers import CROP, NUM_FRAMES, exported_dir, support_set, videos
 
 APP = Path(__file__).resolve().parents[1] / "spaces" / "clip-m2df-demo" / "app.py"
 
