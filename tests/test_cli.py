@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
@@ -10,14 +9,17 @@ import torch
 from transformers import pipeline
 
 from hub_helpers import exported_dir, support_set, tiny_model_dir, videos
-from m2df_hf import hub
+from m2df_hf import cli, hub
+
+
+@pytest.fixture(autouse=True)
+def hub_commands_only(monkeypatch):
+    """The real `m2df` dispatcher, with only this area's commands registered (other areas test theirs)."""
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("m2df_hf.hub",))
 
 
 def run_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="m2df")
-    hub.add_cli(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return cli.main(argv)
 
 
 def support_args() -> list[str]:
