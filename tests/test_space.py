@@ -19,15 +19,37 @@ def load_app():
     return module
 
 
+def make_examples(folder: Path) -> None:
+    """examples/support/<class>/<videos> and examples/query/<videos>, as links to the test videos."""
+    for name, paths in support_set().items():
+        (folder / "support" / name).mkdir(parents=True)
+        for p in paths:
+            (folder / "support" / name / Path(p).name).symlink_to(p)
+    (folder / "query").mkdir()
+    for key in ("q0", "q1"):
+        (folder / "query" / f"{key}.mp4").symlink_to(videos()[key])
+
+
 @pytest.mark.timeout(180)
-def test_space_classifies_through_gradio_client(monkeypatch):
+def test_space_classifies_through_gradio_client(monkeypatch, tmp_path):
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
     from gradio_client import Client, handle_file
     from PIL import Image
 
     app = load_app()
     monkeypatch.setenv("M2DF_MODEL", str(exported_dir()))  # the app's way of choosing a model
+    make_examples(tmp_path / "examples")
+    monkeypatch.setenv("M2DF_EXAMPLES", str(tmp_path / "examples"))
+    rows = app.example_rows()
+    expected_slots = []
+    for name, paths in sorted(support_set().items()):
+        expected_slots += [name, sorted(str(tmp_path / "examples" / "support" / name / Path(p).name) for p in paths)]
+    expected_slots += ["", None] * (app.MAX_CLASSES - 3)
+    queries = [str(tmp_path / "examples" / "query" / f"{q}.mp4") for q in ("q0", "q1")]
+    assert rows == [[q, *expected_slots, app.MAX_CLASSES] for q in queries]
     demo = app.build_demo()
+    datasets = [c for c in demo.config["components"] if c.get("type") == "dataset"]
+    assert [len(d["props"]["samples"]) for d in datasets] == [2]  # the examples table offers both queries
     try:
         _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
         client = Client(url, verbose=False)

@@ -6,11 +6,16 @@ falls back to zero-shot CLIP text-video similarity and says so.
 
 The model is an exported clip-m2df folder or Hub id: the ``M2DF_MODEL`` environment variable, else the demo
 model. The pipeline code comes from the model repository (``trust_remote_code=True``).
+
+Example videos to pick from (optional) live in ``examples/`` beside this file (or ``M2DF_EXAMPLES``):
+``examples/support/<class name>/<videos>`` and ``examples/query/<videos>``; each query becomes one example row
+with the whole support set.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -18,6 +23,7 @@ from transformers import pipeline
 
 DEMO_MODEL_ID = "clip-m2df/clip-m2df-synthetic-demo"
 MAX_CLASSES = 5
+EXAMPLES_DIR = Path(__file__).parent / "examples"
 
 
 def load_pipeline(model_id: str | None = None):
@@ -35,6 +41,20 @@ def sampled_frames(pipe, video_path: str) -> list[tuple[np.ndarray, str]]:
         pixel_values = pixel_values * std + mean
     frames = (pixel_values.clip(0, 1) * 255).round().astype(np.uint8).transpose(0, 2, 3, 1)  # [T, H, W, 3]
     return [(frame, f"frame {t + 1}/{len(frames)}") for t, frame in enumerate(frames)]
+
+
+def example_rows(folder: str | os.PathLike | None = None) -> list[list]:
+    """Rows ``[query, class 1, videos 1, ..., class 5, videos 5, top_k]`` from an examples folder (see above)."""
+    folder = Path(folder or os.environ.get("M2DF_EXAMPLES", EXAMPLES_DIR))
+    support_root, query_root = folder / "support", folder / "query"
+    if not support_root.is_dir() or not query_root.is_dir():
+        return []
+    classes = sorted(p for p in support_root.iterdir() if p.is_dir())[:MAX_CLASSES]
+    slots = []
+    for class_dir in classes:
+        slots += [class_dir.name, sorted(str(v) for v in class_dir.iterdir() if v.is_file())]
+    slots += ["", None] * (MAX_CLASSES - len(classes))
+    return [[str(q), *slots, MAX_CLASSES] for q in sorted(query_root.iterdir()) if q.is_file()]
 
 
 def make_predict(pipe):
@@ -78,7 +98,8 @@ def build_demo(model_id: str | None = None) -> gr.Blocks:
         gr.Markdown(
             "# CLIP-M2DF few-shot action recognition\n"
             "Name up to five classes and upload a few example videos for each (the same number per class), "
-            "then upload a query video. Class names without videos give a zero-shot ranking instead."
+            "then upload a query video (or pick an example below, when the Space has some). Class names without "
+            "videos give a zero-shot ranking instead."
         )
         class_inputs = []
         with gr.Row():
@@ -98,6 +119,9 @@ def build_demo(model_id: str | None = None) -> gr.Blocks:
                 label = gr.Label(label="ranking")
                 note = gr.Markdown()
                 frames = gr.Gallery(label="frames the model sees", columns=8, height="auto")
+        examples = example_rows()
+        if examples:
+            gr.Examples(examples, inputs=[query, *class_inputs, top_k], label="pick an example support set and query")
         button.click(
             make_predict(pipe), inputs=[query, *class_inputs, top_k], outputs=[label, frames, note], api_name="predict"
         )
