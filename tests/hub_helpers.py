@@ -12,7 +12,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 from conftest import write_video
 
 NUM_FRAMES = 4

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+from hub_helpers import exported_dir, support_set, tiny_model_dir, videos
 from transformers import pipeline
 
-from hub_helpers import exported_dir, support_set, tiny_model_dir, videos
 from m2df_hf import cli, hub
 
 
@@ -42,7 +42,7 @@ def test_predict_json_matches_the_pipeline(pipe, capsys):
     printed = json.loads(capsys.readouterr().out)
     expected = pipe([v["q0"], v["q1"]], support_set=support_set(), top_k=2)
     assert [item["query"] for item in printed] == [v["q0"], v["q1"]]
-    for item, ranking in zip(printed, expected):
+    for item, ranking in zip(printed, expected, strict=False):
         assert [r["label"] for r in item["predictions"]] == [r["label"] for r in ranking]
         torch.testing.assert_close(
             torch.tensor([r["score"] for r in item["predictions"]]), torch.tensor([r["score"] for r in ranking])

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from hub_helpers import RESULTS, exported_dir, support_set, tiny_model_dir, videos
 from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl, constants
 
-from hub_helpers import RESULTS, exported_dir, support_set, tiny_model_dir, videos
 from m2df_hf import hub
 
 REAL_RUN = {

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hub_helpers import NUM_FRAMES, exported_dir, support_set, videos
 from transformers import CLIPTokenizer, pipeline
 
-from hub_helpers import NUM_FRAMES, exported_dir, support_set, videos
 from m2df_hf.processing_m2df import M2DFVideoProcessor
 
 

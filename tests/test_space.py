@@ -6,7 +6,6 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-
 from hub_helpers import CROP, NUM_FRAMES, exported_dir, support_set, videos
 
 APP = Path(__file__).resolve().parents[1] / "spaces" / "clip-m2df-demo" / "app.py"

@@ -28,7 +28,7 @@ EXAMPLES_DIR = Path(__file__).parent / "examples"
 
 def load_pipeline(model_id: str | None = None):
     model_id = model_id or os.environ.get("M2DF_MODEL", DEMO_MODEL_ID)
-    return pipeline("video-classification", model=model_id, trust_remote_code=True, device="cpu")
+    return pipeline("video-classification", model=model_id, trust_remote_code=True)  # GPU when the Space has one
 
 
 def sampled_frames(pipe, video_path: str) -> list[tuple[np.ndarray, str]]:
@@ -65,8 +65,8 @@ def make_predict(pipe):
             raise gr.Error("Upload a query video.")
         names = [(name or "").strip() for name in pairs[0::2]]
         files = [list(f or []) for f in pairs[1::2]]
-        support = {name: videos for name, videos in zip(names, files) if name and videos}
-        unnamed = [i + 1 for i, (name, videos) in enumerate(zip(names, files)) if videos and not name]
+        support = {name: videos for name, videos in zip(names, files, strict=False) if name and videos}
+        unnamed = [i + 1 for i, (name, videos) in enumerate(zip(names, files, strict=False)) if videos and not name]
         if unnamed:
             raise gr.Error(f"Give a class name for the support videos of class slot(s) {unnamed}.")
         try:
