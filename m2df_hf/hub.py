@@ -164,7 +164,8 @@ def _results_notes(runs: list[dict]) -> str:
 def _setting_rows(run: dict) -> dict[str, str]:
     task, model, test = run["task"], run["model"], run["test"]
     dataset_id = f" (`{task['dataset_id']}`)" if task.get("dataset_id") else ""
-    encodings = run.get("backbone_frame_encodings")
+    # Training writes both the test run's count and the total over all evaluations; the brief's format has one.
+    encodings = run.get("test_backbone_frame_encodings", run.get("backbone_frame_encodings"))
     return {
         "dataset": f"{task['dataset']}{dataset_id}",
         "way / shot / queries per class": f"{task.get('way', 5)} / {task['shot']} / {task.get('query_per_class', 1)}",

@@ -87,6 +87,11 @@ def test_card_body_has_the_paper_layout_table_settings_and_honest_limits(tmp_pat
     assert "| CLIP-ViT-B/16 (paper, reported) | 52.0 |" in table  # METHOD.md 8.3
     assert "| CLIP-RN50 (paper, reported) | 51.6 |" in table
     assert "| backbone frame encodings at test | 19,200 |" in table
+    # training also writes the total over all evaluations; the card reports the test run's count
+    both_counts = {**REAL_RUN, "backbone_frame_encodings": 25000, "test_backbone_frame_encodings": 19100}
+    (tmp_path / "both").mkdir()
+    both_card = hub.write_model_card(tmp_path / "both", both_counts).read_text()
+    assert "| backbone frame encodings at test | 19,100 |" in both_card
     assert "does not run\ncustom-code models" in text or "does not run custom-code models" in text
     assert 'pipeline("video-classification", model="org/clip-m2df-ssv2", trust_remote_code=True)' in text
     assert "Synthetic demo" not in text
