@@ -113,8 +113,8 @@ def _fmt_cell(test: dict) -> str:
 def results_table(runs: list[dict]) -> str:
     """A markdown table in the paper's layout: rows are backbones, columns are dataset x shot (accuracy ± CI95).
 
-    When a column matches one of the paper's settings, the paper's reported numbers are added as rows
-    (marked *reported*) so that readers can compare.
+    Runs that measured the same test episodes before training get a "before training" row. When a column matches
+    one of the paper's settings, the paper's reported numbers are added as rows (marked *reported*) for comparison.
     """
     if not runs:
         return "_No evaluation results recorded for this checkpoint._"
@@ -122,6 +122,10 @@ def results_table(runs: list[dict]) -> str:
     rows: dict[str, dict] = {}
     for run in runs:
         rows.setdefault(f"{_backbone_name(run)} (this checkpoint)", {})[_column(run["task"])] = _fmt_cell(run["test"])
+    for run in runs:  # the same test episodes before training, when the run measured them (the demo does)
+        if "before_training" in run:
+            name = f"{_backbone_name(run)} (before training)"
+            rows.setdefault(name, {})[_column(run["task"])] = _fmt_cell(run["before_training"])
     for backbone, table in PAPER_RESULTS.items():
         reported = {
             col: f"{table[col[0]][col[2]]:.1f}"

@@ -106,6 +106,7 @@ def test_synthetic_card_says_so_and_lists_every_run_column(tmp_path):
     assert "small, randomly initialised CLIP" in text
     assert "| backbone | Synthetic actions 3-way 1-shot | Synthetic actions 3-way 2-shot |" in text
     assert "| tiny random-init CLIP (this checkpoint) | 60.00 ± 1.83 (n=400) | 71.25 ± 1.83 (n=400) |" in text
+    assert "| tiny random-init CLIP (before training) | 34.00 ± 2.00 (n=400) | 34.00 ± 2.00 (n=400) |" in text
     assert "before training, the same test episodes gave 34.00 ± 2.00" in text
     meta = front_matter(path)
     assert "base_model" not in meta and "synthetic" in meta["tags"]
