@@ -131,3 +131,24 @@ def test_build_synthetic_dataset_dict_has_the_contract_columns(tmp_path):
 def test_invalid_sizes_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="even"):
         make_synthetic_dataset(tmp_path, progress=False, **{**SMALL, "width": 41})
+
+
+def test_make_synthetic_cli_writes_the_set_and_reports_counts(tmp_path, capsys):
+    import runpy
+
+    script = Path(__file__).resolve().parents[1] / "dataset_scripts" / "make_synthetic.py"
+    main = runpy.run_path(str(script))["main"]
+    summary = main(["--out", str(tmp_path / "cli"), "--num-classes", "5", "--videos-per-class", "2",
+                    "--num-frames", "4", "--height", "32", "--width", "40", "--seed", "1", "--no-progress",
+                    "--save-to-disk", str(tmp_path / "hf")])
+    # 5 classes: val round(0.6) = 1, test round(1.2) = 1, train 3
+    assert summary["splits"] == {"train": {"videos": 6, "classes": 3}, "val": {"videos": 2, "classes": 1},
+                                 "test": {"videos": 2, "classes": 1}}
+    assert json.loads(capsys.readouterr().out)["splits"] == summary["splits"]
+    assert json.loads((tmp_path / "cli" / "synthetic.json").read_text())["seed"] == 1
+    from datasets import load_from_disk
+
+    reloaded = load_from_disk(str(tmp_path / "hf"))
+    rebuilt = build_synthetic_dataset_dict(tmp_path / "cli")
+    assert list(reloaded["train"]["class_name"]) == list(rebuilt["train"]["class_name"])
+    assert len(set(reloaded["train"]["class_name"])) == 3
