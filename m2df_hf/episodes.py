@@ -92,7 +92,9 @@ class EpisodeSampler:
         self.excluded_classes = [int(c) for c in classes[~eligible]]
         self.class_ids = classes[eligible].astype(np.int64)  # sorted
         if self.excluded_classes:
-            listing = ", ".join(f"{self.describe_class(c)}: {len(self.videos_per_class[c])}" for c in self.excluded_classes)
+            listing = ", ".join(
+                f"{self.describe_class(c)}: {len(self.videos_per_class[c])}" for c in self.excluded_classes
+            )
             message = (
                 f"Excluding {len(self.excluded_classes)} class(es) with fewer than {self.min_videos} videos "
                 f"(shot {shot} + queries {query_per_class}): {listing}."
@@ -100,7 +102,9 @@ class EpisodeSampler:
             warnings.warn(message, UserWarning, stacklevel=2)
             logger.warning(message)
         if len(self.class_ids) < self.way:
-            listing = ", ".join(f"{self.describe_class(int(c))}: {int(n)}" for c, n in zip(classes, counts))
+            listing = ", ".join(
+                f"{self.describe_class(int(c))}: {int(n)}" for c, n in zip(classes, counts, strict=True)
+            )
             raise ValueError(
                 f"Only {len(self.class_ids)} class(es) have at least {self.min_videos} videos, but way={self.way}. "
                 f"Videos per class: {listing}. Lower way, shot or query_per_class, or add videos."
@@ -150,7 +154,8 @@ class EpisodeDataset(torch.utils.data.Dataset):
       (these four are ``MODEL_INPUT_KEYS``, the ``M2DFModel.forward`` arguments),
     - ``class_names``: the N prompt names in episode-label order, ``class_ids`` ``[N]`` split-level labels,
     - ``support_indices`` / ``query_indices``: the dataset rows actually decoded (after any replacement),
-    - ``episode_index`` and ``num_decode_failures`` (videos replaced in this episode).
+    - ``episode_index`` and ``num_decode_failures``: how many drawn videos failed to decode and were replaced
+      (sum it over batches to count failures across DataLoader workers; each failure is also logged).
 
     Augmentation (training frame offsets, crop, flip) uses one ``torch.Generator`` per video slot, seeded from
     ``(seed, episode, slot)``, so it too is independent of workers and of failures elsewhere in the episode.
@@ -199,7 +204,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
         labels = _column(split_dataset, "label")
         prompt_names = _column(split_dataset, "class_name")
         self.prompt_names: dict[int, str] = {}
-        for label, name in zip(labels, prompt_names):
+        for label, name in zip(labels, prompt_names, strict=True):
             self.prompt_names.setdefault(int(label), name)
         label_feature = getattr(split_dataset, "features", {}).get("label")
         folder_names = getattr(label_feature, "names", None)
@@ -226,17 +231,20 @@ class EpisodeDataset(torch.utils.data.Dataset):
         video = self.dataset[int(row)]["video"]
         return self.processor.load_clip(video, training=self.training, generator=generator, flip=self.flip)
 
-    def _load_slot(self, episode_index: int, slot: int, row: int, in_episode: set[int]) -> tuple[torch.Tensor, int, int]:
-        """Decode ``row`` for ``slot``; on failure (training) try same-class replacements -> (clip, row, failures)."""
+    def _load_slot(self, episode_index: int, slot: int, row: int, in_episode: set[int]) -> tuple[torch.Tensor, int]:
+        """Decode ``row`` for ``slot``; on failure (training) try same-class replacements -> (clip, row used).
+
+        Replacements are tried in an order fixed by ``(seed, episode, slot)``, skipping rows already in the
+        episode; rows known to be broken are skipped without retrying, which gives the same result as retrying
+        them, so the outcome depends only on which files are broken, not on what this process saw before.
+        """
         label = int(self.sampler.labels[row])
         candidates = None
-        failures = 0
         while True:
             generator = torch.Generator().manual_seed(self._slot_seed(episode_index, slot))
             try:
-                return self._load(row, generator), row, failures
+                return self._load(row, generator), row
             except VideoDecodeError as err:
-                failures += 1
                 if row not in self._known_bad:
                     self._known_bad.add(row)
                     self.decode_failures.append((episode_index, row, str(err)))
@@ -267,12 +275,11 @@ class EpisodeDataset(torch.utils.data.Dataset):
         episode = self.sampler.episode(index)
         rows = np.concatenate([episode.support_indices, episode.query_indices]).tolist()
         in_episode = set(rows)
-        clips, used, failures = [], [], 0
+        clips, used = [], []
         for slot, row in enumerate(rows):
-            clip, row, slot_failures = self._load_slot(index, slot, row, in_episode)
+            clip, row = self._load_slot(index, slot, row, in_episode)
             clips.append(clip)
             used.append(row)
-            failures += slot_failures
         num_support = len(episode.support_indices)
         return {
             "support_pixel_values": torch.stack(clips[:num_support]),
@@ -284,7 +291,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
             "support_indices": torch.tensor(used[:num_support], dtype=torch.int64),
             "query_indices": torch.tensor(used[num_support:], dtype=torch.int64),
             "episode_index": index,
-            "num_decode_failures": failures,
+            "num_decode_failures": sum(u != r for u, r in zip(used, rows, strict=True)),
         }
 
 
