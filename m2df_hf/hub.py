@@ -507,9 +507,9 @@ def _predict(args) -> int:
         labels = [c.strip() for c in args.candidate_labels.split(",") if c.strip()]
         results = pipe(queries, candidate_labels=labels, top_k=args.top_k)
     if args.json:
-        print(json.dumps([{"query": q, "predictions": r} for q, r in zip(queries, results, strict=False)], indent=2))
+        print(json.dumps([{"query": q, "predictions": r} for q, r in zip(queries, results, strict=True)], indent=2))
         return 0
-    for query, ranking in zip(queries, results, strict=False):
+    for query, ranking in zip(queries, results, strict=True):
         mode = ranking[0].get("mode", "few-shot") if ranking else "few-shot"
         print(f"{query} ({mode}):")
         for rank, item in enumerate(ranking, 1):

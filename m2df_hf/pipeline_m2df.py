@@ -245,8 +245,8 @@ class M2DFFewShotVideoClassificationPipeline(Pipeline):
         scores, ids = probs.topk(k, dim=-1)
         labels, mode = outputs["labels"], outputs["mode"]
         return [
-            [{"label": labels[i], "score": s, "mode": mode} for s, i in zip(row_scores, row_ids, strict=False)]
-            for row_scores, row_ids in zip(scores.tolist(), ids.tolist(), strict=False)
+            [{"label": labels[i], "score": s, "mode": mode} for s, i in zip(row_scores, row_ids, strict=True)]
+            for row_scores, row_ids in zip(scores.tolist(), ids.tolist(), strict=True)
         ]
 
     # ------------------------------------------------------------------------------------------------ helpers

@@ -42,7 +42,7 @@ def test_predict_json_matches_the_pipeline(pipe, capsys):
     printed = json.loads(capsys.readouterr().out)
     expected = pipe([v["q0"], v["q1"]], support_set=support_set(), top_k=2)
     assert [item["query"] for item in printed] == [v["q0"], v["q1"]]
-    for item, ranking in zip(printed, expected, strict=False):
+    for item, ranking in zip(printed, expected, strict=True):
         assert [r["label"] for r in item["predictions"]] == [r["label"] for r in ranking]
         torch.testing.assert_close(
             torch.tensor([r["score"] for r in item["predictions"]]), torch.tensor([r["score"] for r in ranking])

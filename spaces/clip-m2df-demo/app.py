@@ -65,8 +65,8 @@ def make_predict(pipe):
             raise gr.Error("Upload a query video.")
         names = [(name or "").strip() for name in pairs[0::2]]
         files = [list(f or []) for f in pairs[1::2]]
-        support = {name: videos for name, videos in zip(names, files, strict=False) if name and videos}
-        unnamed = [i + 1 for i, (name, videos) in enumerate(zip(names, files, strict=False)) if videos and not name]
+        support = {name: videos for name, videos in zip(names, files, strict=True) if name and videos}
+        unnamed = [i + 1 for i, (name, videos) in enumerate(zip(names, files, strict=True)) if videos and not name]
         if unnamed:
             raise gr.Error(f"Give a class name for the support videos of class slot(s) {unnamed}.")
         try:
