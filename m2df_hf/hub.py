@@ -1,7 +1,7 @@
 """The model on the Hub: model card from ``results.json``, export to a Hub folder, push, and the CLI for them.
 
-* :func:`write_model_card` fills ``model_cards/clip-m2df.md`` from a run's ``results.json`` (the training script
-  calls it at the end of a run).
+* :func:`write_model_card` fills the card template (``model_cards/clip-m2df.md``) from a run's ``results.json``
+  (the training script calls it at the end of a run).
 * :func:`export_model` turns a saved model folder into a complete Hub folder: weights, the remote-code files, the
   pipeline, processor and tokenizer, the card and an Inference Endpoints ``handler.py``.
 * :func:`push_folder` uploads such a folder with ``huggingface_hub`` (the ``HfApi`` object is injectable).
@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
-TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"  # a link to model_cards/clip-m2df.md
+TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"  # model_cards/clip-m2df.md links here
 ENDPOINT_HANDLER_PATH = Path(__file__).parent / "endpoint_handler.py"
 PIPELINE_TASK = "video-classification"
 # Project links used in cards; override with the environment variables when the project lives elsewhere.
