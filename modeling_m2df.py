@@ -850,6 +850,8 @@ class M2DFModel(M2DFPreTrainedModel):
             query_prompt_ids,
         )
         num_support = support_labels.shape[0]
+        support_labels = support_labels.long()  # one_hot and cross-entropy need int64; int32 labels are fine too
+        query_labels = query_labels.long() if query_labels is not None else None
         compute_text_loss = config.text_loss_weight > 0 and query_labels is not None
         if compute_text_loss:
             num_query = (query_pixel_values if query_pixel_values is not None else query_video_embeds).shape[0]

@@ -99,6 +99,15 @@ def test_pixels_and_token_ids_match_precomputed_features(clip_config):
     clip_frames = model.vision_tower(pixel_values=support[1]).image_embeds
     torch.testing.assert_close(support_embeds[1], clip_frames)
     torch.testing.assert_close(from_pixels.logits, from_features.logits)
+    with torch.no_grad():  # any integer label dtype
+        int32 = model(
+            support_video_embeds=support_embeds,
+            support_labels=labels.int(),
+            query_video_embeds=query_embeds,
+            class_text_embeds=text,
+            query_labels=torch.tensor([0, 1], dtype=torch.int32),
+        )
+    torch.testing.assert_close(int32.logits, from_features.logits)
 
 
 def test_save_load_round_trip_and_fresh_process_remote_code(clip_config, tmp_path):
