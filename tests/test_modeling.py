@@ -51,7 +51,7 @@ def make_episode(num_classes, shots, queries_per_class, num_frames, seed=0, dim=
     )
 
 
-@pytest.mark.parametrize("num_frames", [4, 8, 16])
+@pytest.mark.parametrize("num_frames", [2, 4, 8, 16])
 def test_output_shapes_from_features(clip_config, num_frames):
     model = M2DFModel(make_config(clip_config, num_frames=num_frames)).eval()
     for num_classes, shots in itertools.product([2, 5], [1, 3, 5]):
