@@ -68,6 +68,10 @@ def test_output_shapes_from_features(clip_config, num_frames):
         assert out.loss.shape == out.main_loss.shape == out.distillation_loss.shape == ()
         torch.testing.assert_close(out.logits, -(out.local_distances + out.global_distances))
         torch.testing.assert_close(out.query_prompt_probs.sum(-1), torch.ones(nq))
+        assert list(out.keys())[:3] == ["loss", "logits", "distances"]  # field order, whatever is computed
+        with torch.no_grad():
+            as_tuple = model(**episode, return_dict=False)
+        assert torch.equal(as_tuple[0], out.loss) and torch.equal(as_tuple[1], out.logits)
 
 
 def test_pixels_and_token_ids_match_precomputed_features(clip_config):
