@@ -21,7 +21,8 @@ import torch  # noqa: E402
 
 from m2df_hf.tokenization import build_tiny_clip_tokenizer, tiny_clip_config  # noqa: E402
 
-torch.set_num_threads(2)
+# Test tensors are tiny: one thread avoids OpenMP oversubscription (about 10x slower with 2 on a busy box).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
