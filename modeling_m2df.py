@@ -28,10 +28,6 @@ try:
 except ImportError:  # imported as a top-level module from the pip install
     from configuration_m2df import M2DFConfig
 
-# Stand-in for +infinity in the OTAM recursion: finite, so no NaN appears in masked-out gradients.
-_OTAM_UNREACHABLE = 1e6
-
-
 @dataclass
 class M2DFOutput(ModelOutput):
     r"""Outputs of [`M2DFModel`] for one episode (N classes, NS = N*K support videos, NQ queries).
@@ -362,7 +358,10 @@ def otam_cumulative_distance(cost: torch.Tensor, lam: float) -> torch.Tensor:
     `C[l,m] = P[l,m] + softmin(C[l-1,m-1], C[l,m-1])` for 2 <= m <= M, and
     `C[l,M+1] = softmin(C[l-1,M], C[l-1,M+1], C[l,M])`. Returns `C[L-1, M+1]` of shape `[...]`.
 
-    Computed over anti-diagonals (`L + M` vectorised steps) with a stable log-sum-exp, in float32 at least.
+    Computed over anti-diagonals (`L + M` vectorised steps) with a stable log-sum-exp, in float32 at least. Terms
+    that the recursion leaves out of a soft-min enter the log-sum-exp as exact zeros (`-inf` exponents), so the result
+    is the recursion's for any `lam > 0` (a finite "unreachable" stand-in would leak into the soft-min once `lam` is
+    comparable to it).
     """
     lead, (rows, cols) = cost.shape[:-2], cost.shape[-2:]
     dtype = torch.promote_types(cost.dtype, torch.float32)
@@ -376,23 +375,24 @@ def otam_cumulative_distance(cost: torch.Tensor, lam: float) -> torch.Tensor:
     valid = (col_ids >= 0) & (col_ids < width)
     # Cost of every cell, arranged by anti-diagonal: skewed[..., d, l] = P[..., l, d - l].
     skewed = padded.gather(-1, col_ids.clamp(0, width - 1).T.expand(*lead, rows, num_diagonals)).transpose(-1, -2)
-    # Cells known up front: row 0 (hard cumulative sum), column 0 (zero) and cells outside the matrix.
+    # Cells known up front: row 0 (hard cumulative sum), column 0 (zero) and cells outside the matrix (never read by
+    # a real cell: every neighbour of a cell in rows >= 1, columns 1..W-1 lies inside the matrix; zero as a filler).
     is_fixed = (row_ids == 0) | (col_ids == 0) | ~valid
-    first_row = F.pad(padded[..., 0, :].cumsum(dim=-1), (0, num_diagonals - width), value=_OTAM_UNREACHABLE)
-    fixed = torch.where((col_ids == 0) & valid, 0.0, _OTAM_UNREACHABLE).to(dtype).expand(*lead, -1, -1)
-    fixed = torch.cat([first_row.unsqueeze(-1), fixed[..., 1:]], dim=-1)  # [..., ND, L]
+    first_row = F.pad(padded[..., 0, :].cumsum(dim=-1), (0, num_diagonals - width))  # [..., ND]
+    fixed = F.pad(first_row.unsqueeze(-1), (0, rows - 1))  # [..., ND, L]: row 0 is the cumsum, the rest zero
     # The cell above joins the soft-min only in the first and last real columns (see the docstring).
-    above_penalty = torch.where((col_ids == 1) | (col_ids == width - 1), 0.0, _OTAM_UNREACHABLE).to(dtype)
+    above_allowed = (col_ids == 1) | (col_ids == width - 1)  # [ND, L]
 
-    def shift_down(diagonal: torch.Tensor) -> torch.Tensor:  # the value of (l - 1, .) at index l
-        return F.pad(diagonal[..., :-1], (1, 0), value=_OTAM_UNREACHABLE)
+    def shift_down(diagonal: torch.Tensor) -> torch.Tensor:  # the value of (l - 1, .) at index l (row 0 is fixed)
+        return F.pad(diagonal[..., :-1], (1, 0))
 
-    previous, before_previous = fixed[..., 0, :], torch.full_like(fixed[..., 0, :], _OTAM_UNREACHABLE)
+    previous, before_previous = fixed[..., 0, :], torch.zeros_like(fixed[..., 0, :])
     for d in range(1, num_diagonals):
-        candidates = torch.stack(
-            [shift_down(before_previous), shift_down(previous) + above_penalty[d], previous]
-        )  # C[l-1, m-1], C[l-1, m], C[l, m-1]
-        current = skewed[..., d, :] - lam * torch.logsumexp(candidates / -lam, dim=0)
+        above = shift_down(previous).masked_fill(~above_allowed[d], math.inf)  # +inf: left out of the soft-min
+        exponents = torch.stack([shift_down(before_previous), above, previous]) / -lam  # C[l-1,m-1], C[l-1,m], C[l,m-1]
+        # Fixed cells discard this value: give them finite exponents so no all-(-inf) log-sum-exp makes NaN gradients.
+        exponents = exponents.masked_fill(is_fixed[d], 0.0)
+        current = skewed[..., d, :] - lam * torch.logsumexp(exponents, dim=0)
         previous, before_previous = torch.where(is_fixed[d], fixed[..., d, :], current), previous
     return previous[..., rows - 1]
 

@@ -443,6 +443,25 @@ def test_otam_recursion_equals_naive_float64():
     assert otam_cumulative_distance(torch.zeros(1, 4, 4, dtype=torch.float64), 0.5).item() < 0
 
 
+@pytest.mark.parametrize("lam", [1e2, 1e4, 1e6, 1e9])
+def test_otam_recursion_is_exact_for_large_lambda(lam):
+    """OTAM values scale like -lam (L+M) log 3: terms the recursion leaves out must stay out for any lam."""
+    from modeling_m2df import otam_cumulative_distance
+
+    g = torch.Generator().manual_seed(2)
+    for rows, cols in [(8, 8), (3, 6), (6, 3)]:
+        cost = torch.rand(2, rows, cols, generator=g, dtype=torch.float64) * 2
+        expected = torch.tensor([naive_otam(c.tolist(), lam) for c in cost], dtype=torch.float64)
+        torch.testing.assert_close(otam_cumulative_distance(cost, lam), expected, rtol=1e-12, atol=0.0)
+
+
+def test_otam_gradients_equal_finite_differences():
+    from modeling_m2df import otam_cumulative_distance
+
+    cost = torch.rand(2, 4, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda c: otam_cumulative_distance(c, 0.5), (cost,))
+
+
 @pytest.mark.parametrize("bidirectional,eps", [(True, 0.0), (True, 0.01), (False, 0.0), (False, 0.01)])
 def test_otam_distance_equals_naive_in_both_presets_settings(bidirectional, eps):
     from modeling_m2df import otam_distance
