@@ -24,17 +24,46 @@ CE_REDUCTIONS = ("mean", "sum")
 # behaviour. The release's distillation defaults differ between its two driver scripts: "reference" follows
 # `run_clip_fsar_decison_now_statics.py` (t+v conditions, both teachers: the paper's best row of Table 5),
 # "reference_run" follows `run_clip_fsar_decison_now.py` (t condition only, global view teaches).
+# "reference" lists every release value explicitly (METHOD.md sections 2, 4, 5 and 8.1), so that changing a paper
+# default can never change it. Not listed: `clip_config` (the backbone is chosen separately) and
+# `initializer_range` (it only initialises positional embeddings, which the release does not have).
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
     "reference": {
-        "pps_eval_mode": "sample",
-        "ltce_activation": "linear",
+        "num_frames": 8,  # seq_len; the release's GTCE hard-codes 8
+        "prompt_template": "a photo of {}",
+        "views": "both",
+        "use_pps": True,  # is_pps
+        "pps_top_k": 4,
+        "pps_scale": 200.0,
+        "pps_eval_mode": "sample",  # random.choices also at test time
+        "ltce_activation": "linear",  # Conv1d -> Conv1d, no ReLU / BatchNorm
+        "ltce_kernel_size": 3,
+        "tcn_num_levels": 3,
+        "tcn_kernel_size": 3,
+        "tcn_dropout": 0.1,
         "use_position_embeddings": False,
-        "reliability_token": "first_frame",
-        "cosine_eps": 0.01,
-        "ce_reduction": "sum",
+        "mmfe_num_layers": 1,  # TRAIN.TRANSFORMER_DEPTH is never set
+        "mmfe_num_heads": 8,
+        "mmfe_ffn_dim": 2048,
+        "mmfe_dropout": 0.2,
+        "mmfe_ffn_dropout": 0.05,
+        "layer_norm_eps": 1e-5,
+        "reliability_token": "first_frame",  # the first frame's output, not the prompt slot
+        "distillation_text_condition": True,  # dist_condition [1, 1]
+        "distillation_visual_condition": True,
+        "distillation_teacher": "both",  # 'bid'
+        "distillation_weight": 1.0,  # lambda_2
         "distillation_detach_teacher": False,
         "unconditioned_distillation": "sum",
+        "text_loss_weight": 0.0,  # lambda_0
+        "otam_lambda": 0.5,
+        "otam_bidirectional": True,  # SINGLE_DIRECT unset (only the K100 1-shot YAML sets it)
+        "cosine_eps": 0.01,
+        "ce_reduction": "sum",
+        "freeze_text_encoder": True,  # text features are computed once under no_grad
+        "freeze_vision_encoder": False,  # the whole visual encoder is fine-tuned
+        "trainable_vision_layers": None,
     },
 }
 PRESETS["reference_run"] = dict(
@@ -213,7 +242,9 @@ class M2DFConfig(PretrainedConfig):
             clip_config = CLIPConfig()
         elif isinstance(clip_config, dict):
             clip_config = CLIPConfig(**clip_config)
-        elif not isinstance(clip_config, PretrainedConfig):
+        elif isinstance(clip_config, PretrainedConfig):
+            clip_config = copy.deepcopy(clip_config)  # the projection widths are set below: not on the caller's
+        else:
             raise ValueError(
                 f"M2DFConfig.clip_config must be a CLIPConfig or a dict, got {type(clip_config).__name__}."
             )
