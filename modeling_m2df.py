@@ -121,14 +121,15 @@ class M2DFPromptSelector(nn.Module):
     r"""Probability Prompt Selector, eqs. 1 and 2.
 
     `sim_c = cos(f_q, token_c)` (eq. 1) is computed per frame and summarised as the mean of the `pps_top_k`
-    best-matching frames; `prob_c = exp(sim_c / t) / sum_c' exp(sim_c' / t)` (eq. 2) with `1/t = pps_scale`. The query
-    takes the prompt of one class drawn from `prob` (training, with torch's RNG; also at evaluation with
-    `pps_eval_mode="sample"`) or of its argmax (evaluation). The choice is not differentiable.
+    best-matching frames (all T frames when `pps_top_k >= T`); `prob_c = exp(sim_c / t) / sum_c' exp(sim_c' / t)`
+    (eq. 2) with `1/t = pps_scale`. The query takes the prompt of one class drawn from `prob` (training, with torch's
+    RNG; also at evaluation with `pps_eval_mode="sample"`) or of its argmax (evaluation). The choice is not
+    differentiable.
     """
 
     def __init__(self, config):
         super().__init__()
-        self.top_k = config.pps_top_k
+        self.top_k = min(config.pps_top_k, config.num_frames)  # clips shorter than k: every frame counts
         self.scale = config.pps_scale
         self.eval_mode = config.pps_eval_mode
         self.cosine_eps = config.cosine_eps
@@ -207,8 +208,9 @@ class M2DFTemporalBlock(GradientCheckpointingLayer):
 class M2DFGlobalTemporalContext(nn.Module):
     r"""Global Temporal Context Extractor (GTCE), eq. 4: `F^g = Repeat(TCN(F)[-1]) + F`.
 
-    A TCN of `tcn_num_levels` blocks with dilations 1, 2, 4, ...; its last time step sees the whole clip when the
-    receptive field `1 + 2 (k-1) (2^levels - 1)` covers T (29 frames for the defaults). Works for any T.
+    A TCN of `tcn_num_levels` blocks with dilations 1, 2, 4, ...; its last time step sees the whole clip because
+    the receptive field `1 + 2 (k-1) (2^levels - 1)` (29 frames for the defaults) covers T, which `M2DFConfig`
+    enforces.
     """
 
     def __init__(self, config):
@@ -930,7 +932,7 @@ class M2DFModel(M2DFPreTrainedModel):
                     class_text,
                     split_text_embeds.to(self.dtype),
                     self.text_logit_scale,
-                    config.pps_top_k,
+                    min(config.pps_top_k, config.num_frames),
                     config.cosine_eps,
                 )
                 text_targets = torch.cat([support_class_ids, query_class_ids]).long().to(logits.device)

@@ -143,11 +143,11 @@ def test_clip_config_from_dict_keeps_tower_projections_equal(clip_config):
     [
         ("num_frames", 1),
         ("num_frames", "8"),
+        ("num_frames", 30),  # beyond the global view's receptive field (29 frames with the default TCN)
         ("prompt_template", "a photo of"),
         ("views", "both_views"),
         ("use_pps", 1),
         ("pps_top_k", 0),
-        ("pps_top_k", 9),
         ("pps_scale", 0.0),
         ("pps_eval_mode", "max"),
         ("ltce_activation", "relu"),
@@ -193,9 +193,24 @@ def test_conflicting_freezing_options_raise():
     assert M2DFConfig(trainable_vision_layers=0).trainable_vision_layers == 0
 
 
-def test_any_number_of_frames_from_two():
-    assert M2DFConfig(num_frames=2, pps_top_k=2).num_frames == 2
-    assert M2DFConfig(num_frames=32).num_frames == 32
+def test_number_of_frames_from_two_to_the_tcn_receptive_field():
+    # the default pps_top_k=4 is fine for short clips (PPS then averages every frame: test_modeling)
+    assert M2DFConfig(num_frames=2).pps_top_k == 4 and M2DFConfig(num_frames=3).num_frames == 3
+    assert M2DFConfig(num_frames=29).tcn_receptive_field == 29  # 1 + 2 * 2 * (1 + 2 + 4)
+    with pytest.raises(ValueError) as error:
+        M2DFConfig(num_frames=32)
+    message = str(error.value)
+    for part in ("num_frames (32)", "29 frames", "tcn_kernel_size=3", "tcn_num_levels=3", "tcn_num_levels >= 4"):
+        assert part in message
+    assert M2DFConfig(num_frames=32, tcn_num_levels=4).tcn_receptive_field == 61
+    assert M2DFConfig(num_frames=32, tcn_kernel_size=4).tcn_receptive_field == 43
+    with pytest.raises(ValueError, match=r"tcn_num_levels >= 2"):
+        M2DFConfig(num_frames=6, tcn_num_levels=1, tcn_kernel_size=2)  # receptive field 3; two levels give 7
+    with pytest.raises(ValueError, match=r"num_frames \(32\)"):
+        M2DFConfig(num_frames=32, views="global")
+    # without the global view there is no TCN, hence no limit
+    assert M2DFConfig(num_frames=64, views="local").num_frames == 64
+    assert M2DFConfig(num_frames=64, views="none").num_frames == 64
 
 
 def test_save_pretrained_round_trip_and_auto_config(clip_config, tmp_path):

@@ -535,6 +535,31 @@ def test_pps_probabilities_argmax_and_prompts_by_hand(clip_config):
     torch.testing.assert_close(out_forced.query_prompt_probs, out.query_prompt_probs)
 
 
+@pytest.mark.parametrize("num_frames", [2, 3])
+def test_pps_top_k_beyond_the_clip_length_averages_every_frame(clip_config, num_frames):
+    """T = 2 or 3 with the default pps_top_k=4: PPS and the auxiliary text logits use all T frames."""
+    config = make_config(clip_config, num_frames=num_frames, pps_top_k=4, pps_scale=10.0, text_loss_weight=0.5)
+    model = M2DFModel(config).eval()
+    episode = make_episode(3, 1, 2, num_frames, seed=6)
+    split_text = torch.randn(5, D, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        model.text_logit_scale.fill_(2.0)
+        out = model(
+            **episode,
+            split_text_embeds=split_text,
+            support_class_ids=torch.tensor([4, 0, 2]),
+            query_class_ids=torch.tensor([0, 0, 4, 4, 2, 2]),
+        )
+    text, frames = episode["class_text_embeds"], episode["query_video_embeds"]
+    expected = torch.tensor(
+        [[sum(naive_cos(text[c], frames[q, t], 0.0) for t in range(num_frames)) for c in range(3)] for q in range(6)]
+    ) / num_frames
+    torch.testing.assert_close(out.query_prompt_probs, torch.softmax(10.0 * expected, -1))
+    videos = torch.cat([episode["support_video_embeds"], frames]).mean(dim=1)  # every frame pooled
+    hand_logits = torch.tensor([[2.0 * naive_cos(v, split_text[c], 0.0) for c in range(5)] for v in videos])
+    torch.testing.assert_close(out.text_logits, hand_logits)
+
+
 def test_pps_off_gives_zero_query_prompts(clip_config):
     model = M2DFModel(make_config(clip_config, use_pps=False)).eval()
     assert model.prompt_selector is None
@@ -625,6 +650,26 @@ def test_switches_that_create_or_remove_modules(clip_config):
     assert with_text.text_logit_scale.item() == 1.0
     deeper = M2DFModel(make_config(clip_config, mmfe_num_layers=2, tcn_num_levels=2))
     assert len(deeper.local_view.fusion_encoder.layers) == 2 and len(deeper.global_view.temporal_context.tcn) == 2
+
+
+@pytest.mark.parametrize("levels,kernel", [(1, 2), (2, 3), (3, 3), (2, 4)])
+def test_global_view_sees_exactly_its_receptive_field(clip_config, levels, kernel):
+    """The config's receptive field is the TCN's real one: its last step depends on exactly the last
+    `tcn_receptive_field` frames, and `num_frames` beyond that is refused."""
+    from modeling_m2df import M2DFGlobalTemporalContext
+
+    field = 1 + 2 * (kernel - 1) * (2**levels - 1)
+    config = M2DFConfig(clip_config=clip_config, num_frames=field, tcn_num_levels=levels, tcn_kernel_size=kernel)
+    assert config.tcn_receptive_field == field
+    torch.manual_seed(0)
+    gtce = M2DFGlobalTemporalContext(config).double().eval()
+    length = field + 6  # the module itself does not check T: probe it with a longer clip
+    frames = torch.randn(2, length, D, dtype=torch.float64, requires_grad=True)
+    (gtce(frames) - frames)[:, 0].sum().backward()  # the repeated last TCN step, without the +F residual
+    seen = (frames.grad.abs().sum(dim=(0, 2)) > 0).nonzero().flatten().tolist()
+    assert seen == list(range(length - field, length))
+    with pytest.raises(ValueError, match="num_frames"):
+        M2DFConfig(clip_config=clip_config, num_frames=field + 1, tcn_num_levels=levels, tcn_kernel_size=kernel)
 
 
 def test_tcn_weight_norm_layout_is_the_release_g_v_pair(clip_config):
