@@ -1011,7 +1011,19 @@ def test_bfloat16_and_eager_attention(clip_config):
     "change,message",
     [
         (lambda e: e.update(support_labels=torch.tensor([0, 1, 3, 0, 1, 3])), r"cover 0\.\.3.*\[2\]"),
-        (lambda e: e.update(support_labels=torch.tensor([0, 1, 2, 0, 1, 1])), "same number of shots"),
+        (
+            lambda e: e.update(support_labels=torch.tensor([0, 1, 2, 0, 1, 9])),
+            r"cover 0\.\.9; labels \[3, 4, 5, 6, 7, 8\]",
+        ),
+        (
+            lambda e: e.update(support_labels=torch.tensor([0, 1, 2, 0, 1, 1])),
+            r"same number of shots; support videos per label: \[2, 3, 1\]",
+        ),
+        (
+            lambda e: e.update(support_labels=torch.tensor([0, 1, 2, 0, -1, 1])),
+            r"negative labels in \[0, 1, 2, 0, -1, 1\]",
+        ),
+        (lambda e: e.update(support_labels=torch.tensor([0, 0, 0, 0, 0, 0])), "Got 3 class prompts for N=1"),
         (lambda e: e.update(support_labels=torch.tensor([0, 1, 2, 0, 1])), r"support_labels must have shape \[6\]"),
         (lambda e: e.update(support_labels=e["support_labels"].float()), "integer"),
         (lambda e: e.update(query_video_embeds=e["query_video_embeds"][:, :3]), "same T"),
@@ -1032,9 +1044,14 @@ def test_bfloat16_and_eager_attention(clip_config):
         (lambda e: e.pop("class_text_embeds"), "neither given"),
         (lambda e: e.update(support_pixel_values=torch.zeros(6, 4, 3, 32, 32)), "both given"),
         (lambda e: e.pop("query_video_embeds"), "query_pixel_values"),
-        (lambda e: e.update(query_prompt_ids=torch.tensor([0, 1, 3])), r"query_prompt_ids must lie in 0\.\.2"),
+        (
+            lambda e: e.update(query_prompt_ids=torch.tensor([0, 1, 3])),
+            r"query_prompt_ids must lie in 0\.\.2, got \[3\]",
+        ),
         (lambda e: e.update(query_prompt_ids=torch.tensor([0, 1])), r"query_prompt_ids must have shape \[3\]"),
-        (lambda e: e.update(query_labels=torch.tensor([0, -1, 2])), "query_labels must lie"),
+        (lambda e: e.update(query_labels=torch.tensor([0, -1, 2])), r"query_labels must lie in 0\.\.2, got \[-1\]"),
+        (lambda e: e.update(query_labels=torch.tensor([5, 1, -2])), r"query_labels must lie in 0\.\.2, got \[5, -2\]"),
+        (lambda e: e.update(query_labels=torch.tensor([0.0, 1.0, 2.0])), "query_labels must hold integer episode labels"),
     ],
 )
 def test_bad_input_raises_value_error(clip_config, change, message):
@@ -1051,3 +1068,89 @@ def test_bad_pixels_and_token_ids(clip_config):
         model.get_video_features(torch.zeros(2, 4, 32, 32))
     with pytest.raises(ValueError, match=r"\[C, L\]"):
         model.get_text_features(torch.zeros(5, dtype=torch.long))
+
+
+def test_bad_text_loss_ids(clip_config):
+    model = M2DFModel(make_config(clip_config, text_loss_weight=0.5))
+    episode = make_episode(3, 2, 1, 4)
+    split = dict(
+        split_text_embeds=torch.zeros(7, D),
+        support_class_ids=torch.tensor([4, 1, 6, 4, 1, 6]),
+        query_class_ids=torch.tensor([1, 6, 4]),
+    )
+    for name, ids, message in [
+        ("support_class_ids", torch.tensor([4, 1, 7, 4, -1, 6]), r"support_class_ids must lie in 0\.\.6, got \[7, -1"),
+        ("query_class_ids", torch.tensor([1, 9, 4]), r"query_class_ids must lie in 0\.\.6, got \[9\]"),
+        ("query_class_ids", torch.tensor([1, 4]), r"query_class_ids must have shape \[3\]"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            model(**episode, **dict(split, **{name: ids}))
+
+
+def test_valid_episode_reads_back_from_the_device_once(clip_config, monkeypatch):
+    """Validation packs every label check into one tensor and reads it back once (`tolist`); nothing else in the
+    forward converts a tensor to a Python value. (On a GPU each read-back is a blocking sync.)"""
+    model = M2DFModel(make_config(clip_config, text_loss_weight=0.5)).train()
+    episode = make_episode(5, 3, 2, 4)
+    extra = dict(
+        query_prompt_ids=episode["query_labels"].flip(0),
+        split_text_embeds=torch.randn(9, D),
+        support_class_ids=episode["support_labels"] + 4,
+        query_class_ids=episode["query_labels"] + 4,
+    )
+    read_backs = []
+    for method in ("tolist", "item", "__bool__", "__int__", "__float__", "__index__"):
+        original = getattr(torch.Tensor, method)
+
+        def counting(self, *args, _original=original, _method=method, **kwargs):
+            read_backs.append(_method)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, method, counting)
+    out = model(**episode, **extra)
+    assert read_backs == ["tolist"]
+    monkeypatch.undo()
+    assert torch.isfinite(out.loss) and out.text_loss is not None
+
+
+class _LabelSpy(torch.Tensor):
+    """Records every torch call made on a label tensor until it is moved with `.to` (the moved copy is plain)."""
+
+    calls: list = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        out = super().__torch_function__(func, types, args, kwargs or {})
+        name = getattr(func, "__name__", repr(func))
+        if name == "to":
+            target = (kwargs or {}).get("device")
+            for arg in args[1:]:
+                if isinstance(arg, (torch.device, str)):
+                    target = arg
+            cls.calls.append(("to", torch.device(target) if target is not None else None))
+            return out.as_subclass(torch.Tensor)
+        cls.calls.append((name, None))
+        return out
+
+
+def test_labels_move_to_the_model_device_before_any_computation(clip_config):
+    """Labels and ids made on another device (e.g. CPU labels for a CUDA model) are moved to `model.device` first:
+    before the move only metadata (shape, dtype, dim) is read, and the tensor is never used again after it."""
+    model = M2DFModel(make_config(clip_config, text_loss_weight=0.5)).eval()
+    episode = make_episode(3, 2, 1, 4)
+    inputs = dict(
+        episode,
+        query_prompt_ids=torch.tensor([2, 0, 1]),
+        split_text_embeds=torch.randn(5, D),
+        support_class_ids=torch.tensor([0, 1, 2, 0, 1, 2]),
+        query_class_ids=torch.tensor([4, 3, 2]),
+    )
+    reference = model(**inputs)
+    for name in ("support_labels", "query_labels", "query_prompt_ids", "support_class_ids", "query_class_ids"):
+        _LabelSpy.calls = []
+        spied = dict(inputs, **{name: inputs[name].clone().as_subclass(_LabelSpy)})
+        out = model(**spied)
+        names = [call for call, _ in _LabelSpy.calls]
+        assert "__get__" in names and set(names[:-1]) <= {"__get__", "dim"}, (name, names)  # metadata only
+        assert _LabelSpy.calls[-1] == ("to", model.device), (name, _LabelSpy.calls)
+        torch.testing.assert_close(out.loss, reference.loss)
