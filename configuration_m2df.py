@@ -122,8 +122,8 @@ class M2DFConfig(PretrainedConfig):
             model); `"local"` / `"global"`: that single view; `"none"`: the NTCE baseline (MMFE without a temporal
             context extractor). Single views have no distillation (paper Table 3).
         use_pps (`bool`, defaults to `True`):
-            Probability Prompt Selector (eqs. 1-2). When off, the query prompt is a zero vector (the paper's and the
-            release's "without PPS" ablation).
+            Probability Prompt Selector (eqs. 1-2). When off, the query prompt is a zero vector: the release's "without
+            PPS" ablation (the paper does not say how PPS is removed).
         pps_top_k (`int`, defaults to 4):
             PPS scores a class by the mean cosine of its `pps_top_k` best-matching query frames (all frames when
             `pps_top_k >= num_frames`, e.g. T = 2 or 3 with the default 4). The auxiliary text logits use the same k.
