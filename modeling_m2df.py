@@ -817,7 +817,7 @@ class M2DFModel(M2DFPreTrainedModel):
         counts = torch.zeros(num_support + 1, dtype=torch.long, device=labels.device)
         counts.scatter_add_(0, labels.clamp(0, num_support), torch.ones_like(labels))
         in_episode = torch.arange(num_support + 1, device=labels.device) <= high  # labels 0..N-1
-        support_ok = (low >= 0) & (high < num_support) & (counts[0] > 0) & ((counts == counts[0]) | ~in_episode).all()
+        support_ok = (low >= 0) & (high < num_support) & ((counts == counts[0]) | ~in_episode).all()
         checks = {"support_labels": ~support_ok}
         for name, last in (
             ("query_labels", high),
@@ -835,6 +835,11 @@ class M2DFModel(M2DFPreTrainedModel):
             if low < 0:
                 raise ValueError(
                     f"support_labels must be episode labels 0..N-1, got negative labels in {labels.tolist()}."
+                )
+            if high >= num_support:  # NS videos cannot cover more than NS labels (and bincount would be huge)
+                raise ValueError(
+                    f"support_labels must cover 0..{high}, but {num_support} support videos cannot cover {high + 1} "
+                    f"labels; got {labels.tolist()}."
                 )
             shots = torch.bincount(labels)
             if (shots == 0).any():
