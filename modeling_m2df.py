@@ -382,18 +382,17 @@ def otam_cumulative_distance(cost: torch.Tensor, lam: float) -> torch.Tensor:
     is_fixed = (row_ids == 0) | (col_ids == 0) | ~valid
     first_row = F.pad(padded[..., 0, :].cumsum(dim=-1), (0, num_diagonals - width))  # [..., ND]
     fixed = F.pad(first_row.unsqueeze(-1), (0, rows - 1))  # [..., ND, L]: row 0 is the cumsum, the rest zero
-    # The cell above joins the soft-min only in the first and last real columns (see the docstring).
-    above_allowed = (col_ids == 1) | (col_ids == width - 1)  # [ND, L]
+    # The cell above joins the soft-min only in the first and last real columns (see the docstring). The other two
+    # terms are always finite (fillers included), so no log-sum-exp sees only -inf: no NaN in values or gradients.
+    above_left_out = ~((col_ids == 1) | (col_ids == width - 1))  # [ND, L]
 
     def shift_down(diagonal: torch.Tensor) -> torch.Tensor:  # the value of (l - 1, .) at index l (row 0 is fixed)
         return F.pad(diagonal[..., :-1], (1, 0))
 
     previous, before_previous = fixed[..., 0, :], torch.zeros_like(fixed[..., 0, :])
     for d in range(1, num_diagonals):
-        above = shift_down(previous).masked_fill(~above_allowed[d], math.inf)  # +inf: left out of the soft-min
+        above = shift_down(previous).masked_fill(above_left_out[d], math.inf)  # +inf: a zero term of the soft-min
         exponents = torch.stack([shift_down(before_previous), above, previous]) / -lam  # C[l-1,m-1], C[l-1,m], C[l,m-1]
-        # Fixed cells discard this value: give them finite exponents so no all-(-inf) log-sum-exp makes NaN gradients.
-        exponents = exponents.masked_fill(is_fixed[d], 0.0)
         current = skewed[..., d, :] - lam * torch.logsumexp(exponents, dim=0)
         previous, before_previous = torch.where(is_fixed[d], fixed[..., d, :], current), previous
     return previous[..., rows - 1]
