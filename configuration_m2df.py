@@ -24,17 +24,46 @@ CE_REDUCTIONS = ("mean", "sum")
 # behaviour. The release's distillation defaults differ between its two driver scripts: "reference" follows
 # `run_clip_fsar_decison_now_statics.py` (t+v conditions, both teachers: the paper's best row of Table 5),
 # "reference_run" follows `run_clip_fsar_decison_now.py` (t condition only, global view teaches).
+# "reference" lists every release value explicitly (METHOD.md sections 2, 4, 5 and 8.1), so that changing a paper
+# default can never change it. Not listed: `clip_config` (the backbone is chosen separately) and
+# `initializer_range` (it only initialises positional embeddings, which the release does not have).
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
     "reference": {
-        "pps_eval_mode": "sample",
-        "ltce_activation": "linear",
+        "num_frames": 8,  # seq_len; the release's GTCE hard-codes 8
+        "prompt_template": "a photo of {}",
+        "views": "both",
+        "use_pps": True,  # is_pps
+        "pps_top_k": 4,
+        "pps_scale": 200.0,
+        "pps_eval_mode": "sample",  # random.choices also at test time
+        "ltce_activation": "linear",  # Conv1d -> Conv1d, no ReLU / BatchNorm
+        "ltce_kernel_size": 3,
+        "tcn_num_levels": 3,
+        "tcn_kernel_size": 3,
+        "tcn_dropout": 0.1,
         "use_position_embeddings": False,
-        "reliability_token": "first_frame",
-        "cosine_eps": 0.01,
-        "ce_reduction": "sum",
+        "mmfe_num_layers": 1,  # TRAIN.TRANSFORMER_DEPTH is never set
+        "mmfe_num_heads": 8,
+        "mmfe_ffn_dim": 2048,
+        "mmfe_dropout": 0.2,
+        "mmfe_ffn_dropout": 0.05,
+        "layer_norm_eps": 1e-5,
+        "reliability_token": "first_frame",  # the first frame's output, not the prompt slot
+        "distillation_text_condition": True,  # dist_condition [1, 1]
+        "distillation_visual_condition": True,
+        "distillation_teacher": "both",  # 'bid'
+        "distillation_weight": 1.0,  # lambda_2
         "distillation_detach_teacher": False,
         "unconditioned_distillation": "sum",
+        "text_loss_weight": 0.0,  # lambda_0
+        "otam_lambda": 0.5,
+        "otam_bidirectional": True,  # SINGLE_DIRECT unset (only the K100 1-shot YAML sets it)
+        "cosine_eps": 0.01,
+        "ce_reduction": "sum",
+        "freeze_text_encoder": True,  # text features are computed once under no_grad
+        "freeze_vision_encoder": False,  # the whole visual encoder is fine-tuned
+        "trainable_vision_layers": None,
     },
 }
 PRESETS["reference_run"] = dict(
@@ -82,7 +111,10 @@ class M2DFConfig(PretrainedConfig):
             The CLIP model whose vision and text towers (with projections) are used. Its `projection_dim` is the
             feature width D of the head.
         num_frames (`int`, defaults to 8):
-            Frames per video T (any T >= 2). Inputs must have exactly this many frames.
+            Frames per video T, at least 2. Inputs must have exactly this many frames. With the global view
+            (`views="both"` or `"global"`), T must not exceed the TCN's receptive field `1 + 2 (tcn_kernel_size - 1)
+            (2**tcn_num_levels - 1)` (29 frames for the defaults; raise `tcn_num_levels` for longer clips), so that
+            the global context sees every frame.
         prompt_template (`str`, defaults to `"a photo of {}"`):
             Text prompt; `{}` is replaced by the class name (used by processors and pipelines).
         views (`str`, defaults to `"both"`):
@@ -90,10 +122,11 @@ class M2DFConfig(PretrainedConfig):
             model); `"local"` / `"global"`: that single view; `"none"`: the NTCE baseline (MMFE without a temporal
             context extractor). Single views have no distillation (paper Table 3).
         use_pps (`bool`, defaults to `True`):
-            Probability Prompt Selector (eqs. 1-2). When off, the query prompt is a zero vector (the paper's and the
-            release's "without PPS" ablation).
+            Probability Prompt Selector (eqs. 1-2). When off, the query prompt is a zero vector: the release's "without
+            PPS" ablation (the paper does not say how PPS is removed).
         pps_top_k (`int`, defaults to 4):
-            PPS scores a class by the mean cosine of its `pps_top_k` best-matching query frames.
+            PPS scores a class by the mean cosine of its `pps_top_k` best-matching query frames (all frames when
+            `pps_top_k >= num_frames`, e.g. T = 2 or 3 with the default 4). The auxiliary text logits use the same k.
         pps_scale (`float`, defaults to 200.0):
             Inverse temperature 1/t of the PPS softmax (eq. 2).
         pps_eval_mode (`str`, defaults to `"argmax"`):
@@ -104,7 +137,8 @@ class M2DFConfig(PretrainedConfig):
         ltce_kernel_size (`int`, defaults to 3):
             Temporal kernel of the LTCE convolutions (odd).
         tcn_num_levels (`int`, defaults to 3):
-            Temporal blocks of the GTCE TCN (dilation 2**i).
+            Temporal blocks of the GTCE TCN (dilation 2**i). Together with `tcn_kernel_size` it sets the receptive
+            field, which must cover `num_frames` (see there).
         tcn_kernel_size (`int`, defaults to 3):
             Kernel of the TCN's causal convolutions.
         tcn_dropout (`float`, defaults to 0.1):
@@ -213,7 +247,9 @@ class M2DFConfig(PretrainedConfig):
             clip_config = CLIPConfig()
         elif isinstance(clip_config, dict):
             clip_config = CLIPConfig(**clip_config)
-        elif not isinstance(clip_config, PretrainedConfig):
+        elif isinstance(clip_config, PretrainedConfig):
+            clip_config = copy.deepcopy(clip_config)  # the projection widths are set below: not on the caller's
+        else:
             raise ValueError(
                 f"M2DFConfig.clip_config must be a CLIPConfig or a dict, got {type(clip_config).__name__}."
             )
@@ -265,6 +301,12 @@ class M2DFConfig(PretrainedConfig):
         """Feature width D of the head (CLIP's joint embedding width)."""
         return self.clip_config.projection_dim
 
+    @property
+    def tcn_receptive_field(self) -> int:
+        """Frames seen by the last step of the global view's TCN: `1 + 2 (k - 1) (2^levels - 1)` (two causal
+        convolutions of kernel k per level, dilations 1, 2, 4, ...). Must be at least `num_frames`."""
+        return 1 + 2 * (self.tcn_kernel_size - 1) * (2**self.tcn_num_levels - 1)
+
     def validate(self) -> None:
         """Raise `ValueError` naming the first invalid field."""
         _check_int("num_frames", self.num_frames, 2)
@@ -274,9 +316,7 @@ class M2DFConfig(PretrainedConfig):
             )
         _check_choice("views", self.views, VIEWS)
         _check_bool("use_pps", self.use_pps)
-        _check_int("pps_top_k", self.pps_top_k, 1)
-        if self.pps_top_k > self.num_frames:
-            raise ValueError(f"M2DFConfig.pps_top_k ({self.pps_top_k}) must not exceed num_frames ({self.num_frames}).")
+        _check_int("pps_top_k", self.pps_top_k, 1)  # may exceed num_frames: the model then averages all frames
         _check_float("pps_scale", self.pps_scale, 0.0, strict=True)
         _check_choice("pps_eval_mode", self.pps_eval_mode, PPS_EVAL_MODES)
         _check_choice("ltce_activation", self.ltce_activation, LTCE_ACTIVATIONS)
@@ -288,6 +328,17 @@ class M2DFConfig(PretrainedConfig):
         _check_int("tcn_num_levels", self.tcn_num_levels, 1)
         _check_int("tcn_kernel_size", self.tcn_kernel_size, 2)
         _check_float("tcn_dropout", self.tcn_dropout, 0.0, 1.0)
+        if self.views in ("both", "global") and self.tcn_receptive_field < self.num_frames:
+            kernel, levels = self.tcn_kernel_size, self.tcn_num_levels
+            while 1 + 2 * (kernel - 1) * (2**levels - 1) < self.num_frames:
+                levels += 1
+            raise ValueError(
+                f"M2DFConfig.num_frames ({self.num_frames}) exceeds the receptive field of the global view's TCN, "
+                f"1 + 2 * (tcn_kernel_size - 1) * (2**tcn_num_levels - 1) = {self.tcn_receptive_field} frames with "
+                f"tcn_kernel_size={kernel} and tcn_num_levels={self.tcn_num_levels}: its last step would not see the "
+                f"first frames, and the global view (eq. 4) would not be global. Set tcn_num_levels >= {levels} (or a "
+                "larger tcn_kernel_size), or fewer num_frames."
+            )
         _check_bool("use_position_embeddings", self.use_position_embeddings)
         _check_int("mmfe_num_layers", self.mmfe_num_layers, 1)
         _check_int("mmfe_num_heads", self.mmfe_num_heads, 1)

@@ -28,10 +28,6 @@ try:
 except ImportError:  # imported as a top-level module from the pip install
     from configuration_m2df import M2DFConfig
 
-# Stand-in for +infinity in the OTAM recursion: finite, so no NaN appears in masked-out gradients.
-_OTAM_UNREACHABLE = 1e6
-
-
 @dataclass
 class M2DFOutput(ModelOutput):
     r"""Outputs of [`M2DFModel`] for one episode (N classes, NS = N*K support videos, NQ queries).
@@ -125,14 +121,15 @@ class M2DFPromptSelector(nn.Module):
     r"""Probability Prompt Selector, eqs. 1 and 2.
 
     `sim_c = cos(f_q, token_c)` (eq. 1) is computed per frame and summarised as the mean of the `pps_top_k`
-    best-matching frames; `prob_c = exp(sim_c / t) / sum_c' exp(sim_c' / t)` (eq. 2) with `1/t = pps_scale`. The query
-    takes the prompt of one class drawn from `prob` (training, with torch's RNG; also at evaluation with
-    `pps_eval_mode="sample"`) or of its argmax (evaluation). The choice is not differentiable.
+    best-matching frames (all T frames when `pps_top_k >= T`); `prob_c = exp(sim_c / t) / sum_c' exp(sim_c' / t)`
+    (eq. 2) with `1/t = pps_scale`. The query takes the prompt of one class drawn from `prob` (training, with torch's
+    RNG; also at evaluation with `pps_eval_mode="sample"`) or of its argmax (evaluation). The choice is not
+    differentiable.
     """
 
     def __init__(self, config):
         super().__init__()
-        self.top_k = config.pps_top_k
+        self.top_k = min(config.pps_top_k, config.num_frames)  # clips shorter than k: every frame counts
         self.scale = config.pps_scale
         self.eval_mode = config.pps_eval_mode
         self.cosine_eps = config.cosine_eps
@@ -211,8 +208,9 @@ class M2DFTemporalBlock(GradientCheckpointingLayer):
 class M2DFGlobalTemporalContext(nn.Module):
     r"""Global Temporal Context Extractor (GTCE), eq. 4: `F^g = Repeat(TCN(F)[-1]) + F`.
 
-    A TCN of `tcn_num_levels` blocks with dilations 1, 2, 4, ...; its last time step sees the whole clip when the
-    receptive field `1 + 2 (k-1) (2^levels - 1)` covers T (29 frames for the defaults). Works for any T.
+    A TCN of `tcn_num_levels` blocks with dilations 1, 2, 4, ...; its last time step sees the whole clip because
+    the receptive field `1 + 2 (k-1) (2^levels - 1)` (29 frames for the defaults) covers T, which `M2DFConfig`
+    enforces.
     """
 
     def __init__(self, config):
@@ -362,7 +360,10 @@ def otam_cumulative_distance(cost: torch.Tensor, lam: float) -> torch.Tensor:
     `C[l,m] = P[l,m] + softmin(C[l-1,m-1], C[l,m-1])` for 2 <= m <= M, and
     `C[l,M+1] = softmin(C[l-1,M], C[l-1,M+1], C[l,M])`. Returns `C[L-1, M+1]` of shape `[...]`.
 
-    Computed over anti-diagonals (`L + M` vectorised steps) with a stable log-sum-exp, in float32 at least.
+    Computed over anti-diagonals (`L + M` vectorised steps) with a stable log-sum-exp, in float32 at least. Terms
+    that the recursion leaves out of a soft-min enter the log-sum-exp as exact zeros (`-inf` exponents), so the result
+    is the recursion's for any `lam > 0` (a finite "unreachable" stand-in would leak into the soft-min once `lam` is
+    comparable to it).
     """
     lead, (rows, cols) = cost.shape[:-2], cost.shape[-2:]
     dtype = torch.promote_types(cost.dtype, torch.float32)
@@ -376,23 +377,23 @@ def otam_cumulative_distance(cost: torch.Tensor, lam: float) -> torch.Tensor:
     valid = (col_ids >= 0) & (col_ids < width)
     # Cost of every cell, arranged by anti-diagonal: skewed[..., d, l] = P[..., l, d - l].
     skewed = padded.gather(-1, col_ids.clamp(0, width - 1).T.expand(*lead, rows, num_diagonals)).transpose(-1, -2)
-    # Cells known up front: row 0 (hard cumulative sum), column 0 (zero) and cells outside the matrix.
+    # Cells known up front: row 0 (hard cumulative sum), column 0 (zero) and cells outside the matrix (never read by
+    # a real cell: every neighbour of a cell in rows >= 1, columns 1..W-1 lies inside the matrix; zero as a filler).
     is_fixed = (row_ids == 0) | (col_ids == 0) | ~valid
-    first_row = F.pad(padded[..., 0, :].cumsum(dim=-1), (0, num_diagonals - width), value=_OTAM_UNREACHABLE)
-    fixed = torch.where((col_ids == 0) & valid, 0.0, _OTAM_UNREACHABLE).to(dtype).expand(*lead, -1, -1)
-    fixed = torch.cat([first_row.unsqueeze(-1), fixed[..., 1:]], dim=-1)  # [..., ND, L]
-    # The cell above joins the soft-min only in the first and last real columns (see the docstring).
-    above_penalty = torch.where((col_ids == 1) | (col_ids == width - 1), 0.0, _OTAM_UNREACHABLE).to(dtype)
+    first_row = F.pad(padded[..., 0, :].cumsum(dim=-1), (0, num_diagonals - width))  # [..., ND]
+    fixed = F.pad(first_row.unsqueeze(-1), (0, rows - 1))  # [..., ND, L]: row 0 is the cumsum, the rest zero
+    # The cell above joins the soft-min only in the first and last real columns (see the docstring). The other two
+    # terms are always finite (fillers included), so no log-sum-exp sees only -inf: no NaN in values or gradients.
+    above_left_out = ~((col_ids == 1) | (col_ids == width - 1))  # [ND, L]
 
-    def shift_down(diagonal: torch.Tensor) -> torch.Tensor:  # the value of (l - 1, .) at index l
-        return F.pad(diagonal[..., :-1], (1, 0), value=_OTAM_UNREACHABLE)
+    def shift_down(diagonal: torch.Tensor) -> torch.Tensor:  # the value of (l - 1, .) at index l (row 0 is fixed)
+        return F.pad(diagonal[..., :-1], (1, 0))
 
-    previous, before_previous = fixed[..., 0, :], torch.full_like(fixed[..., 0, :], _OTAM_UNREACHABLE)
+    previous, before_previous = fixed[..., 0, :], torch.zeros_like(fixed[..., 0, :])
     for d in range(1, num_diagonals):
-        candidates = torch.stack(
-            [shift_down(before_previous), shift_down(previous) + above_penalty[d], previous]
-        )  # C[l-1, m-1], C[l-1, m], C[l, m-1]
-        current = skewed[..., d, :] - lam * torch.logsumexp(candidates / -lam, dim=0)
+        above = shift_down(previous).masked_fill(above_left_out[d], math.inf)  # +inf: a zero term of the soft-min
+        exponents = torch.stack([shift_down(before_previous), above, previous]) / -lam  # C[l-1,m-1], C[l-1,m], C[l,m-1]
+        current = skewed[..., d, :] - lam * torch.logsumexp(exponents, dim=0)
         previous, before_previous = torch.where(is_fixed[d], fixed[..., d, :], current), previous
     return previous[..., rows - 1]
 
@@ -702,8 +703,14 @@ class M2DFModel(M2DFPreTrainedModel):
         class_text_embeds,
         query_labels,
         query_prompt_ids,
-    ) -> int:
-        """Validate one episode before any computation; returns the number of classes N."""
+        split_text_embeds,
+        support_class_ids,
+        query_class_ids,
+    ) -> tuple[int, dict[str, torch.Tensor | None]]:
+        """Validate one episode before any computation. Shapes and dtypes first, then the label values with a single
+        host-device sync. Returns the number of classes N and the integer inputs (labels and ids) as int64 tensors on
+        the model's device (`None` stays `None`); the text-loss ids are only checked when the text loss is computed.
+        """
         self._check_videos("support", support_pixel_values, support_video_embeds)
         self._check_videos("query", query_pixel_values, query_video_embeds)
         support = support_pixel_values if support_pixel_values is not None else support_video_embeds
@@ -723,20 +730,7 @@ class M2DFModel(M2DFPreTrainedModel):
 
         if support_labels is None:
             raise ValueError("support_labels [NS] (episode labels 0..N-1) is required.")
-        if support_labels.dim() != 1 or support_labels.shape[0] != num_support:
-            raise ValueError(f"support_labels must have shape [{num_support}], got {tuple(support_labels.shape)}.")
-        if support_labels.dtype.is_floating_point or support_labels.dtype == torch.bool:
-            raise ValueError(f"support_labels must be integer episode labels, got dtype {support_labels.dtype}.")
-        labels = support_labels.tolist()
-        if min(labels) < 0:
-            raise ValueError(f"support_labels must be episode labels 0..N-1, got negative labels in {labels}.")
-        num_classes = max(labels) + 1
-        shots = [labels.count(c) for c in range(num_classes)]
-        if 0 in shots:
-            missing = [c for c, k in enumerate(shots) if k == 0]
-            raise ValueError(f"support_labels must cover 0..{num_classes - 1}; labels {missing} have no support video.")
-        if len(set(shots)) != 1:
-            raise ValueError(f"Every class needs the same number of shots; support videos per label: {shots}.")
+        self._check_ids("support_labels", support_labels, num_support)
 
         if (class_input_ids is None) == (class_text_embeds is None):
             raise ValueError(
@@ -759,44 +753,109 @@ class M2DFModel(M2DFPreTrainedModel):
                     f"{tuple(class_input_ids.shape)}."
                 )
             num_prompts = class_input_ids.shape[0]
-        if num_prompts != num_classes:
-            raise ValueError(f"Got {num_prompts} class prompts for N={num_classes} classes (support labels).")
 
         for name, ids in (("query_labels", query_labels), ("query_prompt_ids", query_prompt_ids)):
-            if ids is None:
-                continue
-            if ids.dim() != 1 or ids.shape[0] != num_query:
-                raise ValueError(f"{name} must have shape [{num_query}], got {tuple(ids.shape)}.")
-            if ids.dtype.is_floating_point or ids.dtype == torch.bool:
-                raise ValueError(f"{name} must hold integer episode labels, got dtype {ids.dtype}.")
-            bad = [v for v in ids.tolist() if not 0 <= v < num_classes]
-            if bad:
-                raise ValueError(f"{name} must lie in 0..{num_classes - 1}, got {bad}.")
+            if ids is not None:
+                self._check_ids(name, ids, num_query)
         if query_prompt_ids is not None and self.prompt_selector is None:
             raise ValueError("query_prompt_ids was given but use_pps=False (the query prompt is a zero vector).")
-        return num_classes
 
-    def _check_text_loss_inputs(self, split_text_embeds, support_class_ids, query_class_ids, num_support, num_query):
-        if split_text_embeds is None or support_class_ids is None or query_class_ids is None:
-            raise ValueError(
-                f"text_loss_weight={self.config.text_loss_weight} > 0 needs split_text_embeds [C, D], "
-                "support_class_ids [NS] and query_class_ids [NQ] (indices into the split's class list)."
-            )
-        if split_text_embeds.dim() != 2 or split_text_embeds.shape[-1] != self.config.hidden_size:
-            raise ValueError(
-                f"split_text_embeds must have shape [C, {self.config.hidden_size}], "
-                f"got {tuple(split_text_embeds.shape)}."
-            )
-        num_split_classes = split_text_embeds.shape[0]
-        for name, ids, size in (
-            ("support_class_ids", support_class_ids, num_support),
-            ("query_class_ids", query_class_ids, num_query),
+        compute_text_loss = self.config.text_loss_weight > 0 and query_labels is not None
+        if compute_text_loss:
+            if split_text_embeds is None or support_class_ids is None or query_class_ids is None:
+                raise ValueError(
+                    f"text_loss_weight={self.config.text_loss_weight} > 0 needs split_text_embeds [C, D], "
+                    "support_class_ids [NS] and query_class_ids [NQ] (indices into the split's class list)."
+                )
+            if split_text_embeds.dim() != 2 or split_text_embeds.shape[-1] != self.config.hidden_size:
+                raise ValueError(
+                    f"split_text_embeds must have shape [C, {self.config.hidden_size}], "
+                    f"got {tuple(split_text_embeds.shape)}."
+                )
+            self._check_ids("support_class_ids", support_class_ids, num_support)
+            self._check_ids("query_class_ids", query_class_ids, num_query)
+        else:
+            support_class_ids = query_class_ids = None  # unused: neither checked nor moved
+
+        # Labels and ids move to the model's device before anything else touches them (one_hot, indexing and
+        # cross-entropy would otherwise mix devices deep in the forward).
+        ids = {
+            "support_labels": support_labels,
+            "query_labels": query_labels,
+            "query_prompt_ids": query_prompt_ids,
+            "support_class_ids": support_class_ids,
+            "query_class_ids": query_class_ids,
+        }
+        ids = {k: None if v is None else v.to(device=self.device, dtype=torch.long) for k, v in ids.items()}
+        num_classes = self._check_label_values(
+            ids, num_support, num_prompts, split_text_embeds.shape[0] if compute_text_loss else None
+        )
+        return num_classes, ids
+
+    @staticmethod
+    def _check_ids(name: str, ids: torch.Tensor, size: int) -> None:
+        if ids.dim() != 1 or ids.shape[0] != size:
+            raise ValueError(f"{name} must have shape [{size}], got {tuple(ids.shape)}.")
+        if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+            kind = "class indices" if name.endswith("class_ids") else "episode labels"
+            raise ValueError(f"{name} must hold integer {kind}, got dtype {ids.dtype}.")
+
+    @staticmethod
+    def _check_label_values(
+        ids: dict[str, torch.Tensor | None], num_support: int, num_prompts: int, num_split_classes: int | None
+    ) -> int:
+        """Value checks of the (int64, same-device) labels and ids as tensor ops, read back in one host sync.
+
+        `support_labels` must cover 0..N-1 with the same count K per label (so N*K = NS and every label < NS), with
+        one class prompt per label; the query labels and prompt ids must lie in 0..N-1, the text-loss ids in 0..C-1.
+        Returns N.
+        """
+        labels = ids["support_labels"]
+        low, high = labels.min(), labels.max()
+        # Counts of labels 0..NS (anything larger is clamped into bin NS: such a label is invalid anyway).
+        counts = torch.zeros(num_support + 1, dtype=torch.long, device=labels.device)
+        counts.scatter_add_(0, labels.clamp(0, num_support), torch.ones_like(labels))
+        in_episode = torch.arange(num_support + 1, device=labels.device) <= high  # labels 0..N-1
+        support_ok = (low >= 0) & (high < num_support) & ((counts == counts[0]) | ~in_episode).all()
+        checks = {"support_labels": ~support_ok}
+        for name, last in (
+            ("query_labels", high),
+            ("query_prompt_ids", high),
+            ("support_class_ids", None if num_split_classes is None else num_split_classes - 1),
+            ("query_class_ids", None if num_split_classes is None else num_split_classes - 1),
         ):
-            if ids.dim() != 1 or ids.shape[0] != size:
-                raise ValueError(f"{name} must have shape [{size}], got {tuple(ids.shape)}.")
-            bad = [v for v in ids.tolist() if not 0 <= v < num_split_classes]
-            if bad:
-                raise ValueError(f"{name} must lie in 0..{num_split_classes - 1}, got {bad}.")
+            if ids[name] is not None:
+                checks[name] = ((ids[name] < 0) | (ids[name] > last)).any()
+        flags = torch.stack([low, high, *(flag.long() for flag in checks.values())]).tolist()  # the one sync
+        low, high, failed = flags[0], flags[1], dict(zip(checks, flags[2:], strict=True))
+
+        # Error paths only: spell out the offending values.
+        if failed.pop("support_labels"):
+            if low < 0:
+                raise ValueError(
+                    f"support_labels must be episode labels 0..N-1, got negative labels in {labels.tolist()}."
+                )
+            if high >= num_support:  # NS videos cannot cover more than NS labels (and bincount would be huge)
+                raise ValueError(
+                    f"support_labels must cover 0..{high}, but {num_support} support videos cannot cover {high + 1} "
+                    f"labels; got {labels.tolist()}."
+                )
+            shots = torch.bincount(labels)
+            if (shots == 0).any():
+                missing = (shots == 0).nonzero().flatten().tolist()
+                raise ValueError(f"support_labels must cover 0..{high}; labels {missing} have no support video.")
+            raise ValueError(
+                f"Every class needs the same number of shots; support videos per label: {shots.tolist()}."
+            )
+        num_classes = high + 1
+        if num_prompts != num_classes:
+            raise ValueError(f"Got {num_prompts} class prompts for N={num_classes} classes (support labels).")
+        for name, flag in failed.items():
+            if flag:
+                size = num_split_classes if name.endswith("class_ids") else num_classes
+                bad = ids[name][(ids[name] < 0) | (ids[name] >= size)].tolist()
+                raise ValueError(f"{name} must lie in 0..{size - 1}, got {bad}.")
+        return num_classes
 
     # ------------------------------------------------------------------ forward
 
@@ -837,7 +896,7 @@ class M2DFModel(M2DFPreTrainedModel):
         """
         config = self.config
         return_dict = return_dict if return_dict is not None else config.return_dict
-        num_classes = self._check_episode(
+        num_classes, ids = self._check_episode(
             support_pixel_values,
             support_video_embeds,
             support_labels,
@@ -848,14 +907,15 @@ class M2DFModel(M2DFPreTrainedModel):
             class_text_embeds,
             query_labels,
             query_prompt_ids,
+            split_text_embeds,
+            support_class_ids,
+            query_class_ids,
         )
+        # int64 on the model's device from here on
+        support_labels, query_labels = ids["support_labels"], ids["query_labels"]
+        query_prompt_ids = ids["query_prompt_ids"]
         num_support = support_labels.shape[0]
-        support_labels = support_labels.long()  # one_hot and cross-entropy need int64; int32 labels are fine too
-        query_labels = query_labels.long() if query_labels is not None else None
         compute_text_loss = config.text_loss_weight > 0 and query_labels is not None
-        if compute_text_loss:
-            num_query = (query_pixel_values if query_pixel_values is not None else query_video_embeds).shape[0]
-            self._check_text_loss_inputs(split_text_embeds, support_class_ids, query_class_ids, num_support, num_query)
 
         # 1. CLIP features: one backbone call for all pixel inputs.
         if support_pixel_values is not None and query_pixel_values is not None:
@@ -930,10 +990,10 @@ class M2DFModel(M2DFPreTrainedModel):
                     class_text,
                     split_text_embeds.to(self.dtype),
                     self.text_logit_scale,
-                    config.pps_top_k,
+                    min(config.pps_top_k, config.num_frames),
                     config.cosine_eps,
                 )
-                text_targets = torch.cat([support_class_ids, query_class_ids]).long().to(logits.device)
+                text_targets = torch.cat([ids["support_class_ids"], ids["query_class_ids"]])
                 text_loss = self._ce(text_logits, text_targets)
                 loss = loss + config.text_loss_weight * text_loss
 

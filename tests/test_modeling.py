@@ -443,6 +443,25 @@ def test_otam_recursion_equals_naive_float64():
     assert otam_cumulative_distance(torch.zeros(1, 4, 4, dtype=torch.float64), 0.5).item() < 0
 
 
+@pytest.mark.parametrize("lam", [1e2, 1e4, 1e6, 1e9])
+def test_otam_recursion_is_exact_for_large_lambda(lam):
+    """OTAM values scale like -lam (L+M) log 3: terms the recursion leaves out must stay out for any lam."""
+    from modeling_m2df import otam_cumulative_distance
+
+    g = torch.Generator().manual_seed(2)
+    for rows, cols in [(8, 8), (3, 6), (6, 3)]:
+        cost = torch.rand(2, rows, cols, generator=g, dtype=torch.float64) * 2
+        expected = torch.tensor([naive_otam(c.tolist(), lam) for c in cost], dtype=torch.float64)
+        torch.testing.assert_close(otam_cumulative_distance(cost, lam), expected, rtol=1e-12, atol=0.0)
+
+
+def test_otam_gradients_equal_finite_differences():
+    from modeling_m2df import otam_cumulative_distance
+
+    cost = torch.rand(2, 4, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda c: otam_cumulative_distance(c, 0.5), (cost,))
+
+
 @pytest.mark.parametrize("bidirectional,eps", [(True, 0.0), (True, 0.01), (False, 0.0), (False, 0.01)])
 def test_otam_distance_equals_naive_in_both_presets_settings(bidirectional, eps):
     from modeling_m2df import otam_distance
@@ -514,6 +533,31 @@ def test_pps_probabilities_argmax_and_prompts_by_hand(clip_config):
     assert out_forced.query_prompt_ids.tolist() == forced.tolist()
     torch.testing.assert_close(captured[1][1][3:], text[forced])
     torch.testing.assert_close(out_forced.query_prompt_probs, out.query_prompt_probs)
+
+
+@pytest.mark.parametrize("num_frames", [2, 3])
+def test_pps_top_k_beyond_the_clip_length_averages_every_frame(clip_config, num_frames):
+    """T = 2 or 3 with the default pps_top_k=4: PPS and the auxiliary text logits use all T frames."""
+    config = make_config(clip_config, num_frames=num_frames, pps_top_k=4, pps_scale=10.0, text_loss_weight=0.5)
+    model = M2DFModel(config).eval()
+    episode = make_episode(3, 1, 2, num_frames, seed=6)
+    split_text = torch.randn(5, D, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        model.text_logit_scale.fill_(2.0)
+        out = model(
+            **episode,
+            split_text_embeds=split_text,
+            support_class_ids=torch.tensor([4, 0, 2]),
+            query_class_ids=torch.tensor([0, 0, 4, 4, 2, 2]),
+        )
+    text, frames = episode["class_text_embeds"], episode["query_video_embeds"]
+    expected = torch.tensor(
+        [[sum(naive_cos(text[c], frames[q, t], 0.0) for t in range(num_frames)) for c in range(3)] for q in range(6)]
+    ) / num_frames
+    torch.testing.assert_close(out.query_prompt_probs, torch.softmax(10.0 * expected, -1))
+    videos = torch.cat([episode["support_video_embeds"], frames]).mean(dim=1)  # every frame pooled
+    hand_logits = torch.tensor([[2.0 * naive_cos(v, split_text[c], 0.0) for c in range(5)] for v in videos])
+    torch.testing.assert_close(out.text_logits, hand_logits)
 
 
 def test_pps_off_gives_zero_query_prompts(clip_config):
@@ -606,6 +650,26 @@ def test_switches_that_create_or_remove_modules(clip_config):
     assert with_text.text_logit_scale.item() == 1.0
     deeper = M2DFModel(make_config(clip_config, mmfe_num_layers=2, tcn_num_levels=2))
     assert len(deeper.local_view.fusion_encoder.layers) == 2 and len(deeper.global_view.temporal_context.tcn) == 2
+
+
+@pytest.mark.parametrize("levels,kernel", [(1, 2), (2, 3), (3, 3), (2, 4)])
+def test_global_view_sees_exactly_its_receptive_field(clip_config, levels, kernel):
+    """The config's receptive field is the TCN's real one: its last step depends on exactly the last
+    `tcn_receptive_field` frames, and `num_frames` beyond that is refused."""
+    from modeling_m2df import M2DFGlobalTemporalContext
+
+    field = 1 + 2 * (kernel - 1) * (2**levels - 1)
+    config = M2DFConfig(clip_config=clip_config, num_frames=field, tcn_num_levels=levels, tcn_kernel_size=kernel)
+    assert config.tcn_receptive_field == field
+    torch.manual_seed(0)
+    gtce = M2DFGlobalTemporalContext(config).double().eval()
+    length = field + 6  # the module itself does not check T: probe it with a longer clip
+    frames = torch.randn(2, length, D, dtype=torch.float64, requires_grad=True)
+    (gtce(frames) - frames)[:, 0].sum().backward()  # the repeated last TCN step, without the +F residual
+    seen = (frames.grad.abs().sum(dim=(0, 2)) > 0).nonzero().flatten().tolist()
+    assert seen == list(range(length - field, length))
+    with pytest.raises(ValueError, match="num_frames"):
+        M2DFConfig(clip_config=clip_config, num_frames=field + 1, tcn_num_levels=levels, tcn_kernel_size=kernel)
 
 
 def test_tcn_weight_norm_layout_is_the_release_g_v_pair(clip_config):
@@ -947,7 +1011,20 @@ def test_bfloat16_and_eager_attention(clip_config):
     "change,message",
     [
         (lambda e: e.update(support_labels=torch.tensor([0, 1, 3, 0, 1, 3])), r"cover 0\.\.3.*\[2\]"),
-        (lambda e: e.update(support_labels=torch.tensor([0, 1, 2, 0, 1, 1])), "same number of shots"),
+        (
+            lambda e: e.update(support_labels=torch.tensor([0, 1, 2, 0, 1, 9])),
+            r"cover 0\.\.9, but 6 support videos cannot cover 10 labels; got \[0, 1, 2, 0, 1, 9\]",
+        ),
+        (
+            lambda e: e.update(support_labels=torch.tensor([0, 1, 2, 0, 1, 1])),
+            r"same number of shots; support videos per label: \[2, 3, 1\]",
+        ),
+        (
+            lambda e: e.update(support_labels=torch.tensor([0, 1, 2, 0, -1, 1])),
+            r"negative labels in \[0, 1, 2, 0, -1, 1\]",
+        ),
+        (lambda e: e.update(support_labels=torch.tensor([0, 0, 0, 0, 0, 0])), "Got 3 class prompts for N=1"),
+        (lambda e: e.update(support_labels=torch.tensor([1, 1, 2, 2, 3, 3])), r"cover 0\.\.3; labels \[0\] have no"),
         (lambda e: e.update(support_labels=torch.tensor([0, 1, 2, 0, 1])), r"support_labels must have shape \[6\]"),
         (lambda e: e.update(support_labels=e["support_labels"].float()), "integer"),
         (lambda e: e.update(query_video_embeds=e["query_video_embeds"][:, :3]), "same T"),
@@ -968,9 +1045,14 @@ def test_bfloat16_and_eager_attention(clip_config):
         (lambda e: e.pop("class_text_embeds"), "neither given"),
         (lambda e: e.update(support_pixel_values=torch.zeros(6, 4, 3, 32, 32)), "both given"),
         (lambda e: e.pop("query_video_embeds"), "query_pixel_values"),
-        (lambda e: e.update(query_prompt_ids=torch.tensor([0, 1, 3])), r"query_prompt_ids must lie in 0\.\.2"),
+        (
+            lambda e: e.update(query_prompt_ids=torch.tensor([0, 1, 3])),
+            r"query_prompt_ids must lie in 0\.\.2, got \[3\]",
+        ),
         (lambda e: e.update(query_prompt_ids=torch.tensor([0, 1])), r"query_prompt_ids must have shape \[3\]"),
-        (lambda e: e.update(query_labels=torch.tensor([0, -1, 2])), "query_labels must lie"),
+        (lambda e: e.update(query_labels=torch.tensor([0, -1, 2])), r"query_labels must lie in 0\.\.2, got \[-1\]"),
+        (lambda e: e.update(query_labels=torch.tensor([5, 1, -2])), r"query_labels must lie in 0\.\.2, got \[5, -2\]"),
+        (lambda e: e.update(query_labels=torch.tensor([0.0, 1.0, 2.0])), "query_labels must hold integer episode"),
     ],
 )
 def test_bad_input_raises_value_error(clip_config, change, message):
@@ -987,3 +1069,89 @@ def test_bad_pixels_and_token_ids(clip_config):
         model.get_video_features(torch.zeros(2, 4, 32, 32))
     with pytest.raises(ValueError, match=r"\[C, L\]"):
         model.get_text_features(torch.zeros(5, dtype=torch.long))
+
+
+def test_bad_text_loss_ids(clip_config):
+    model = M2DFModel(make_config(clip_config, text_loss_weight=0.5))
+    episode = make_episode(3, 2, 1, 4)
+    split = dict(
+        split_text_embeds=torch.zeros(7, D),
+        support_class_ids=torch.tensor([4, 1, 6, 4, 1, 6]),
+        query_class_ids=torch.tensor([1, 6, 4]),
+    )
+    for name, ids, message in [
+        ("support_class_ids", torch.tensor([4, 1, 7, 4, -1, 6]), r"support_class_ids must lie in 0\.\.6, got \[7, -1"),
+        ("query_class_ids", torch.tensor([1, 9, 4]), r"query_class_ids must lie in 0\.\.6, got \[9\]"),
+        ("query_class_ids", torch.tensor([1, 4]), r"query_class_ids must have shape \[3\]"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            model(**episode, **dict(split, **{name: ids}))
+
+
+def test_valid_episode_reads_back_from_the_device_once(clip_config, monkeypatch):
+    """Validation packs every label check into one tensor and reads it back once (`tolist`); nothing else in the
+    forward converts a tensor to a Python value. (On a GPU each read-back is a blocking sync.)"""
+    model = M2DFModel(make_config(clip_config, text_loss_weight=0.5)).train()
+    episode = make_episode(5, 3, 2, 4)
+    extra = dict(
+        query_prompt_ids=episode["query_labels"].flip(0),
+        split_text_embeds=torch.randn(9, D),
+        support_class_ids=episode["support_labels"] + 4,
+        query_class_ids=episode["query_labels"] + 4,
+    )
+    read_backs = []
+    for method in ("tolist", "item", "__bool__", "__int__", "__float__", "__index__"):
+        original = getattr(torch.Tensor, method)
+
+        def counting(self, *args, _original=original, _method=method, **kwargs):
+            read_backs.append(_method)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, method, counting)
+    out = model(**episode, **extra)
+    assert read_backs == ["tolist"]
+    monkeypatch.undo()
+    assert torch.isfinite(out.loss) and out.text_loss is not None
+
+
+class _LabelSpy(torch.Tensor):
+    """Records every torch call made on a label tensor until it is moved with `.to` (the moved copy is plain)."""
+
+    calls: list = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        out = super().__torch_function__(func, types, args, kwargs or {})
+        name = getattr(func, "__name__", repr(func))
+        if name == "to":
+            target = (kwargs or {}).get("device")
+            for arg in args[1:]:
+                if isinstance(arg, (torch.device, str)):
+                    target = arg
+            cls.calls.append(("to", torch.device(target) if target is not None else None))
+            return out.as_subclass(torch.Tensor)
+        cls.calls.append((name, None))
+        return out
+
+
+def test_labels_move_to_the_model_device_before_any_computation(clip_config):
+    """Labels and ids made on another device (e.g. CPU labels for a CUDA model) are moved to `model.device` first:
+    before the move only metadata (shape, dtype, dim) is read, and the tensor is never used again after it."""
+    model = M2DFModel(make_config(clip_config, text_loss_weight=0.5)).eval()
+    episode = make_episode(3, 2, 1, 4)
+    inputs = dict(
+        episode,
+        query_prompt_ids=torch.tensor([2, 0, 1]),
+        split_text_embeds=torch.randn(5, D),
+        support_class_ids=torch.tensor([0, 1, 2, 0, 1, 2]),
+        query_class_ids=torch.tensor([4, 3, 2]),
+    )
+    reference = model(**inputs)
+    for name in ("support_labels", "query_labels", "query_prompt_ids", "support_class_ids", "query_class_ids"):
+        _LabelSpy.calls = []
+        spied = dict(inputs, **{name: inputs[name].clone().as_subclass(_LabelSpy)})
+        out = model(**spied)
+        names = [call for call, _ in _LabelSpy.calls]
+        assert "__get__" in names and set(names[:-1]) <= {"__get__", "dim"}, (name, names)  # metadata only
+        assert _LabelSpy.calls[-1] == ("to", model.device), (name, _LabelSpy.calls)
+        torch.testing.assert_close(out.loss, reference.loss)
