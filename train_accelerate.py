@@ -252,6 +252,8 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
     from m2df_hf.evaluation import FeatureCache, compute_text_table, evaluate_episodes, get_split, split_class_names
 
     run, tr, ev, ep = cfg["run"], cfg["train"], cfg["eval"], cfg["episodes"]
+    if run["torch_threads"]:
+        torch.set_num_threads(int(run["torch_threads"]))
     out_dir = os.path.abspath(run["output_dir"])
     model_dir = os.path.join(out_dir, "model")
     ckpt_root = os.path.join(out_dir, "checkpoints")
@@ -503,7 +505,7 @@ def demo_reload_and_classify(cfg: dict, results: dict) -> dict:
     model_dir = os.path.join(os.path.abspath(cfg["run"]["output_dir"]), "model")
     model = AutoModel.from_pretrained(model_dir, trust_remote_code=True).eval()
     processor = AutoFeatureExtractor.from_pretrained(model_dir, trust_remote_code=True)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)  # folder has auto_map: no prompt
     split = get_split(load_data(cfg, _NoAccelerator()), cfg["data"]["test_split"])
     names = split_class_names(split)
     ep = cfg["episodes"]

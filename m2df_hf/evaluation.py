@@ -78,7 +78,7 @@ def model_fingerprint(model: torch.nn.Module, processor: Any = None) -> str:
     for name, tensor in model.state_dict().items():
         t = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     if processor is not None:
         settings = processor.to_dict() if hasattr(processor, "to_dict") else vars(processor)
         digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
@@ -490,7 +490,7 @@ def run_cli(args) -> int:
     accelerator = Accelerator()
     model = AutoModel.from_pretrained(args.model, trust_remote_code=True).to(accelerator.device)
     processor = AutoFeatureExtractor.from_pretrained(args.model, trust_remote_code=True)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
     split = get_split(open_dataset(args.dataset, args.source), args.split)
     result = evaluate_episodes(
         model, split, processor, tokenizer=tokenizer, way=args.way, shot=args.shot, query_per_class=args.query,

@@ -29,6 +29,7 @@ DEFAULTS: dict[str, Any] = {
         "output_dir": "outputs/run",  # model folder, results.json, checkpoints/, logs/
         "seed": 0,
         "demo": False,  # the demo's extra steps: reload via AutoModel and classify one query
+        "torch_threads": None,  # intra-op CPU threads (null: torch's default); 1 avoids oversubscription on CPU
     },
     "data": {
         # synthetic | disk (save_to_disk folder) | parquet (folder or glob) | hub (dataset id)
