@@ -26,6 +26,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -156,6 +157,17 @@ class EpisodeStream(torch.utils.data.Dataset):
         return item
 
 
+def average_buffers(model, accelerator) -> None:
+    """Average floating-point buffers (BatchNorm running statistics) over the processes after each update.
+
+    DDP broadcasts rank 0's buffers at every forward, so without this the saved statistics would only have
+    seen rank 0's episodes, and ranks would end with different buffers.
+    """
+    for buffer in model.buffers():
+        if buffer.is_floating_point():
+            buffer.copy_(accelerator.reduce(buffer.detach().clone(), reduction="mean"))
+
+
 def save_model_folder(model, processor, tokenizer, out_dir: str, accelerator) -> None:
     """The Hub-ready folder: weights + remote code (config/modeling), processor (+ its code), tokenizer."""
     unwrapped = accelerator.unwrap_model(model)
@@ -242,14 +254,16 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
     """Run the whole flow for ``cfg``; returns the results dict (also written to ``results.json``).
 
     ``stop_after_update`` ends the run right after that update (and its checkpoint, if one is due), as a
-    kill would; used by the resume tests.
+    kill would; used by the resume tests. The returned dict (not the file) also holds this process's
+    ``final_weights_fingerprint`` (weights after the last update, before the best model is reloaded).
     """
     from accelerate import Accelerator, PartialState
     from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
     from tqdm.auto import tqdm
 
     from m2df_hf.episodes import EpisodeDataset
-    from m2df_hf.evaluation import FeatureCache, compute_text_table, evaluate_episodes, get_split, split_class_names
+    from m2df_hf.evaluation import (FeatureCache, compute_text_table, evaluate_episodes, get_split,
+                                    model_fingerprint, split_class_names)
 
     run, tr, ev, ep = cfg["run"], cfg["train"], cfg["eval"], cfg["episodes"]
     if run["torch_threads"]:
@@ -304,6 +318,7 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
         for name, split in splits.items():
             tables[name] = compute_text_table(model, tokenizer, split_class_names(split)).to(accelerator.device)
     train_names = split_class_names(splits["train"])
+    text_loss = float(getattr(model.config, "text_loss_weight", 0.0)) > 0
     template = model.config.prompt_template
 
     episodes = EpisodeDataset(splits["train"], processor, ep["way"], ep["shot"], ep["train_query_per_class"],
@@ -373,6 +388,11 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
                 inputs["class_attention_mask"] = tok["attention_mask"].to(accelerator.device)
             else:
                 inputs["class_text_embeds"] = tables["train"][class_ids]
+            if text_loss:  # auxiliary text CE over all train classes (weight 0 in the paper and the release)
+                inputs["split_text_embeds"] = tables["train"] if not text_trainable else compute_text_table(
+                    unwrapped, tokenizer, train_names, grad=True)
+                inputs["support_class_ids"] = class_ids[inputs["support_labels"]]
+                inputs["query_class_ids"] = class_ids[inputs["query_labels"]]
             with accelerator.accumulate(model):
                 out = model(**inputs)
                 loss = out.loss
@@ -395,7 +415,11 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
                         optimizer.zero_grad()
         if not accelerator.sync_gradients:
             raise RuntimeError("gradient accumulation out of step: the update did not end on a sync step")
-        scheduler.step()
+        if world > 1:
+            average_buffers(unwrapped, accelerator)
+        with warnings.catch_warnings():  # a skipped update still advances the schedule
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+            scheduler.step()
         state["update"] = update + 1
         state["episodes"] = state["update"] * E
         skipped = bool(totals[4] > 0)
@@ -447,6 +471,7 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
             accelerator.end_training()
             return {"stopped_at_update": state["update"]}
     bar.close()
+    final_fingerprint = model_fingerprint(unwrapped)
 
     # ---- the test split, once, on the best-on-val model --------------------------------------------------------
     load_weights_from_folder(unwrapped, model_dir)
@@ -477,7 +502,7 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
         write_card(model_dir, results)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return results
+    return {**results, "final_weights_fingerprint": final_fingerprint}
 
 
 def write_card(model_dir: str, results: dict) -> None:

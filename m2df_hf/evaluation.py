@@ -26,6 +26,7 @@ sampled PPS) is also reproducible and independent of the number of processes.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import logging
@@ -48,8 +49,9 @@ METRIC_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "metrics"
 # ------------------------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1)
 def load_episode_metric():
-    """The local ``evaluate`` metric (mean accuracy, CI95, n); loads offline from the package folder."""
+    """The local ``evaluate`` metric (mean accuracy, CI95, n); loads offline from the package folder (once)."""
     import evaluate
 
     return evaluate.load(METRIC_PATH)
@@ -96,21 +98,23 @@ def split_class_names(split) -> list[str]:
     return names
 
 
-@torch.no_grad()
-def compute_text_table(model, tokenizer, class_names: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-    """``[C, D]`` text embeddings of ``prompt_template.format(name)`` for every class name (frozen tower).
+def compute_text_table(model, tokenizer, class_names: Sequence[str], batch_size: int = 256,
+                       grad: bool = False) -> torch.Tensor:
+    """``[C, D]`` text embeddings of ``prompt_template.format(name)`` for every class name.
 
-    Computed once per split, in float32, exactly as the release does at construction (METHOD.md 2.1).
+    With the frozen text tower this is computed once per split, in float32, without gradients, exactly as
+    the release does at construction (METHOD.md 2.1); ``grad=True`` keeps the graph (trainable text tower).
     """
     template = getattr(model.config, "prompt_template", "a photo of {}")
     prompts = [template.format(name) for name in class_names]
     device = next(model.parameters()).device
     rows = []
-    for start in range(0, len(prompts), batch_size):
-        tok = tokenizer(prompts[start : start + batch_size], padding=True, return_tensors="pt")
-        feats = model.get_text_features(input_ids=tok["input_ids"].to(device),
-                                        attention_mask=tok["attention_mask"].to(device))
-        rows.append(_tensor(feats).float())
+    with torch.set_grad_enabled(grad):
+        for start in range(0, len(prompts), batch_size):
+            tok = tokenizer(prompts[start : start + batch_size], padding=True, return_tensors="pt")
+            feats = model.get_text_features(input_ids=tok["input_ids"].to(device),
+                                            attention_mask=tok["attention_mask"].to(device))
+            rows.append(_tensor(feats).float())
     return torch.cat(rows)
 
 
