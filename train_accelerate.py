@@ -95,7 +95,9 @@ def build_processor(cfg: dict):
     overrides = {k: p[k] for k in ("num_frames", "resize_short_side", "crop_size", "sampler", "do_normalize",
                                    "image_mean", "image_std") if p.get(k) is not None}
     overrides["do_flip"] = bool(p["flip"])
-    return M2DFVideoProcessor.from_preset(cfg["model"]["preset"], **overrides)
+    # the reference presets read videos as the release does (linspace sampling, no normalisation)
+    preset = "reference" if cfg["model"]["preset"].startswith("reference") else "paper"
+    return M2DFVideoProcessor.from_preset(preset, **overrides)
 
 
 def build_model(cfg: dict):

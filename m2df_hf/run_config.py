@@ -54,7 +54,7 @@ DEFAULTS: dict[str, Any] = {
         "flip": True,  # training horizontal flip (off for SSv2: labels name directions)
     },
     "model": {
-        "preset": "paper",  # paper | reference
+        "preset": "paper",  # paper | reference | reference_run (M2DFConfig.from_preset)
         "base_model": None,  # CLIP checkpoint (hub id or dir); null = random init from model.clip_config
         "clip_config": {},  # tiny_clip_config(**clip_config) when base_model is null
         "config": {},  # any M2DFConfig field, applied on top of the preset
@@ -210,8 +210,8 @@ def validate(cfg: dict) -> None:
         raise ValueError(f"train.lr must be positive, got {tr['lr']!r}")
     if cfg["data"]["source"] not in ("synthetic", "disk", "parquet", "hub"):
         raise ValueError(f"data.source must be synthetic, disk, parquet or hub, got {cfg['data']['source']!r}")
-    if cfg["model"]["preset"] not in ("paper", "reference"):
-        raise ValueError(f"model.preset must be paper or reference, got {cfg['model']['preset']!r}")
+    if cfg["model"]["preset"] not in ("paper", "reference", "reference_run"):
+        raise ValueError(f"model.preset must be paper, reference or reference_run, got {cfg['model']['preset']!r}")
 
 
 def dump_config(cfg: dict) -> str:
