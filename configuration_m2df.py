@@ -214,7 +214,9 @@ class M2DFConfig(PretrainedConfig):
         elif isinstance(clip_config, dict):
             clip_config = CLIPConfig(**clip_config)
         elif not isinstance(clip_config, PretrainedConfig):
-            raise ValueError(f"M2DFConfig.clip_config must be a CLIPConfig or a dict, got {type(clip_config).__name__}.")
+            raise ValueError(
+                f"M2DFConfig.clip_config must be a CLIPConfig or a dict, got {type(clip_config).__name__}."
+            )
         # The towers are built from the sub-configs: keep their projection width equal to the joint width D.
         clip_config.vision_config.projection_dim = clip_config.projection_dim
         clip_config.text_config.projection_dim = clip_config.projection_dim
@@ -267,20 +269,22 @@ class M2DFConfig(PretrainedConfig):
         """Raise `ValueError` naming the first invalid field."""
         _check_int("num_frames", self.num_frames, 2)
         if not isinstance(self.prompt_template, str) or "{}" not in self.prompt_template:
-            raise ValueError(f"M2DFConfig.prompt_template must be a str containing '{{}}', got {self.prompt_template!r}.")
+            raise ValueError(
+                f"M2DFConfig.prompt_template must be a str containing '{{}}', got {self.prompt_template!r}."
+            )
         _check_choice("views", self.views, VIEWS)
         _check_bool("use_pps", self.use_pps)
         _check_int("pps_top_k", self.pps_top_k, 1)
         if self.pps_top_k > self.num_frames:
-            raise ValueError(
-                f"M2DFConfig.pps_top_k ({self.pps_top_k}) must not exceed num_frames ({self.num_frames})."
-            )
+            raise ValueError(f"M2DFConfig.pps_top_k ({self.pps_top_k}) must not exceed num_frames ({self.num_frames}).")
         _check_float("pps_scale", self.pps_scale, 0.0, strict=True)
         _check_choice("pps_eval_mode", self.pps_eval_mode, PPS_EVAL_MODES)
         _check_choice("ltce_activation", self.ltce_activation, LTCE_ACTIVATIONS)
         _check_int("ltce_kernel_size", self.ltce_kernel_size, 1)
         if self.ltce_kernel_size % 2 == 0:
-            raise ValueError(f"M2DFConfig.ltce_kernel_size must be odd (same-length conv), got {self.ltce_kernel_size}.")
+            raise ValueError(
+                f"M2DFConfig.ltce_kernel_size must be odd (same-length conv), got {self.ltce_kernel_size}."
+            )
         _check_int("tcn_num_levels", self.tcn_num_levels, 1)
         _check_int("tcn_kernel_size", self.tcn_kernel_size, 2)
         _check_float("tcn_dropout", self.tcn_dropout, 0.0, 1.0)

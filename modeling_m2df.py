@@ -115,7 +115,9 @@ def prompt_similarity(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 1 at frame level: `frame_similarity [NQ, N, T]` = cos(prompt of class c, frame t of query q), and the
     class score `[NQ, N]` = mean of the `top_k` best frames (the release's summary of a video)."""
-    frame_similarity = pairwise_cosine(_at_least_float32(class_text), _at_least_float32(query_frames), cosine_eps)  # [NQ, N, T]
+    frame_similarity = pairwise_cosine(
+        _at_least_float32(class_text), _at_least_float32(query_frames), cosine_eps
+    )  # [NQ, N, T]
     return frame_similarity, frame_similarity.topk(top_k, dim=-1).values.mean(dim=-1)
 
 
@@ -360,7 +362,7 @@ def otam_cumulative_distance(cost: torch.Tensor, lam: float) -> torch.Tensor:
     `C[l,m] = P[l,m] + softmin(C[l-1,m-1], C[l,m-1])` for 2 <= m <= M, and
     `C[l,M+1] = softmin(C[l-1,M], C[l-1,M+1], C[l,M])`. Returns `C[L-1, M+1]` of shape `[...]`.
 
-    Computed over anti-diagonals (`L + M + 2` vectorised steps) with a stable log-sum-exp, in float32 at least.
+    Computed over anti-diagonals (`L + M` vectorised steps) with a stable log-sum-exp, in float32 at least.
     """
     lead, (rows, cols) = cost.shape[:-2], cost.shape[-2:]
     dtype = torch.promote_types(cost.dtype, torch.float32)
@@ -407,7 +409,9 @@ def otam_distance(
     Frame cost `1 - cos(query frame, prototype frame)`, then `A(cost) + A(cost^T)` (bidirectional) or `A(cost)`.
     `query_frames [..., NQ, T, D]`, `prototype_frames [..., N, T, D]` -> `[..., NQ, N]` (leading axes: views).
     """
-    cost = 1 - pairwise_cosine(_at_least_float32(query_frames.unsqueeze(-3)), _at_least_float32(prototype_frames.unsqueeze(-4)), cosine_eps)
+    cost = 1 - pairwise_cosine(
+        _at_least_float32(query_frames.unsqueeze(-3)), _at_least_float32(prototype_frames.unsqueeze(-4)), cosine_eps
+    )
     if bidirectional:  # both directions in one batched recursion
         return otam_cumulative_distance(torch.stack([cost, cost.transpose(-1, -2)]), lam).sum(dim=0)
     return otam_cumulative_distance(cost, lam)
@@ -426,7 +430,8 @@ class M2DFMutualDistillation(nn.Module):
     (eq. 13). The local view is reliable for a query (Omega_l) when its scores are at least the global view's in
     every enabled mode, the global view (Omega_g) when they are lower in every enabled mode (ties favour local;
     queries on which the modes disagree are in neither set). Eq. 14:
-    `L_g->l = sum_{q in Omega_g} w^g_q KL(P^g_q || P^l_q) / sum_{q in Omega_g} w^g_q`, `w^b_q = c_hat^b_q + c_tilde^b_q`,
+    `L_g->l = sum_{q in Omega_g} w^g_q KL(P^g_q || P^l_q) / sum_{q in Omega_g} w^g_q` with
+    `w^b_q = c_hat^b_q + c_tilde^b_q`,
     and symmetrically `L_l->g`. With both conditions off, every query is in both sets, and
     `unconditioned_distillation="sum"` replaces the weighted mean by the release's unweighted sum over queries.
     `distillation_teacher` keeps `L_g->l + L_l->g` ("both"), `L_g->l` ("global") or `L_l->g` ("local").
@@ -452,11 +457,17 @@ class M2DFMutualDistillation(nn.Module):
         `visual_scores [NQ, 2]` and `text_scores [NQ, 2]`, columns (local, global)."""
         visual = torch.stack([local_distances, global_distances], dim=-1).neg().softmax(dim=-2).amax(dim=-2)
         text = torch.stack(
-            [pairwise_cosine(_at_least_float32(q), _at_least_float32(p), self.cosine_eps) for q, p in (local_tokens, global_tokens)], dim=-1
+            [
+                pairwise_cosine(_at_least_float32(q), _at_least_float32(p), self.cosine_eps)
+                for q, p in (local_tokens, global_tokens)
+            ],
+            dim=-1,
         )
         return visual, text.softmax(dim=-2).amax(dim=-2)
 
-    def reliable_sets(self, visual_scores: torch.Tensor, text_scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def reliable_sets(
+        self, visual_scores: torch.Tensor, text_scores: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Omega_l and Omega_g as boolean masks `[NQ]`."""
         judgements = []
         if self.text_condition:
@@ -523,7 +534,9 @@ def auxiliary_text_logits(
     """The release's auxiliary CLIP-FSAR text logits. Each video is the mean of its `top_k` frames that best match a
     prompt (its own class for support videos, the PPS argmax class for queries), scored by `scale * cos` against
     every class of the split. `[NS, T, D]`, `[NS, D]`, `[NQ, T, D]`, `[N, D]`, `[C, D]` -> `[NS + NQ, C]`."""
-    support_scores = pairwise_cosine(_at_least_float32(support_prompts.unsqueeze(1)), _at_least_float32(support_frames), cosine_eps)[:, 0]
+    support_scores = pairwise_cosine(
+        _at_least_float32(support_prompts.unsqueeze(1)), _at_least_float32(support_frames), cosine_eps
+    )[:, 0]
     frame_similarity, class_similarity = prompt_similarity(query_frames, class_text, top_k, cosine_eps)
     best_class = class_similarity.argmax(dim=-1)  # [NQ]
     query_scores = frame_similarity[torch.arange(best_class.shape[0], device=best_class.device), best_class]  # [NQ, T]
@@ -699,7 +712,9 @@ class M2DFModel(M2DFPreTrainedModel):
         if num_support == 0 or num_query == 0:
             raise ValueError(f"An episode needs support and query videos, got {num_support} and {num_query}.")
         if support.shape[1] != query.shape[1]:
-            raise ValueError(f"Support and query videos must have the same T, got {support.shape[1]} and {query.shape[1]}.")
+            raise ValueError(
+                f"Support and query videos must have the same T, got {support.shape[1]} and {query.shape[1]}."
+            )
         if support.shape[1] != self.config.num_frames:
             raise ValueError(
                 f"Videos have T={support.shape[1]} frames but config.num_frames={self.config.num_frames} "
@@ -769,7 +784,8 @@ class M2DFModel(M2DFPreTrainedModel):
             )
         if split_text_embeds.dim() != 2 or split_text_embeds.shape[-1] != self.config.hidden_size:
             raise ValueError(
-                f"split_text_embeds must have shape [C, {self.config.hidden_size}], got {tuple(split_text_embeds.shape)}."
+                f"split_text_embeds must have shape [C, {self.config.hidden_size}], "
+                f"got {tuple(split_text_embeds.shape)}."
             )
         num_split_classes = split_text_embeds.shape[0]
         for name, ids, size in (
@@ -845,7 +861,9 @@ class M2DFModel(M2DFPreTrainedModel):
             support_frames, query_frames = frames[:num_support], frames[num_support:]
         else:
             support_frames = (
-                self.get_video_features(support_pixel_values) if support_pixel_values is not None else support_video_embeds
+                self.get_video_features(support_pixel_values)
+                if support_pixel_values is not None
+                else support_video_embeds
             )
             query_frames = (
                 self.get_video_features(query_pixel_values) if query_pixel_values is not None else query_video_embeds
@@ -859,9 +877,7 @@ class M2DFModel(M2DFPreTrainedModel):
         support_prompts = class_text[support_labels]  # [NS, D]
         prompt_probs = None
         if self.prompt_selector is not None:
-            prompt_probs, query_prompt_ids = self.prompt_selector(
-                query_frames, class_text, query_prompt_ids
-            )
+            prompt_probs, query_prompt_ids = self.prompt_selector(query_frames, class_text, query_prompt_ids)
             query_prompts = class_text[query_prompt_ids]  # [NQ, D]
         else:
             query_prompts = torch.zeros_like(query_frames[:, 0])
@@ -899,7 +915,7 @@ class M2DFModel(M2DFPreTrainedModel):
         # 4. Reliability and mutual distillation (eqs. 10-14).
         if self.distillation is not None:
             token = 0 if config.reliability_token == "prompt" else 1
-            tokens = [(q[:, token], p[:, token]) for q, p in zip(query_outputs, prototypes)]
+            tokens = [(q[:, token], p[:, token]) for q, p in zip(query_outputs, prototypes, strict=True)]
             (
                 output.distillation_loss,
                 output.local_reliable_mask,

@@ -112,7 +112,8 @@ def main(argv=None):
         sparse_rate, naive_rate = rates["sparse"], rates["naive"]
         decode_rate, full_decode_rate = rates["decode_sparse"], rates["decode_all"]
 
-        dataset = EpisodeDataset(train, proc, args.way, args.shot, args.query, num_episodes=args.episodes + args.workers,
+        dataset = EpisodeDataset(train, proc, args.way, args.shot, args.query,
+                                 num_episodes=args.episodes + args.workers,
                                  seed=0, training=True)
         loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=args.workers)
         iterator = iter(loader)
@@ -127,8 +128,8 @@ def main(argv=None):
         "benchmark": "data",
         "videos": {"count": len(paths), "frames": args.frames, "width": args.width, "height": args.height,
                    "codec": "mpeg4", "write_seconds": round(write_seconds, 2)},
-        "processor": {"num_frames": proc.num_frames, "sampler": proc.sampler, "resize_short_side": proc.resize_short_side,
-                      "crop_size": proc.crop_size},
+        "processor": {"num_frames": proc.num_frames, "sampler": proc.sampler,
+                      "resize_short_side": proc.resize_short_side, "crop_size": proc.crop_size},
         "per_worker": {
             "sparse": {"videos_per_s": round(sparse_rate, 2), "frames_per_s": round(sparse_rate * proc.num_frames, 1),
                        "decode_only_frames_per_s": round(decode_rate * proc.num_frames, 1)},

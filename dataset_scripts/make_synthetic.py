@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> dict:
         "out": os.path.abspath(args.out),
         "seconds": round(time.perf_counter() - start, 2),
         "splits": {
-            name: {"videos": split.num_rows, "classes": len(split.features["label"].names)} for name, split in dsd.items()
+            name: {"videos": split.num_rows, "classes": len(split.features["label"].names)}
+            for name, split in dsd.items()
         },
     }
     print(json.dumps(summary, indent=2))

@@ -92,7 +92,9 @@ class EpisodeSampler:
         self.excluded_classes = [int(c) for c in classes[~eligible]]
         self.class_ids = classes[eligible].astype(np.int64)  # sorted
         if self.excluded_classes:
-            listing = ", ".join(f"{self.describe_class(c)}: {len(self.videos_per_class[c])}" for c in self.excluded_classes)
+            listing = ", ".join(
+                f"{self.describe_class(c)}: {len(self.videos_per_class[c])}" for c in self.excluded_classes
+            )
             message = (
                 f"Excluding {len(self.excluded_classes)} class(es) with fewer than {self.min_videos} videos "
                 f"(shot {shot} + queries {query_per_class}): {listing}."
@@ -100,7 +102,9 @@ class EpisodeSampler:
             warnings.warn(message, UserWarning, stacklevel=2)
             logger.warning(message)
         if len(self.class_ids) < self.way:
-            listing = ", ".join(f"{self.describe_class(int(c))}: {int(n)}" for c, n in zip(classes, counts))
+            listing = ", ".join(
+                f"{self.describe_class(int(c))}: {int(n)}" for c, n in zip(classes, counts, strict=True)
+            )
             raise ValueError(
                 f"Only {len(self.class_ids)} class(es) have at least {self.min_videos} videos, but way={self.way}. "
                 f"Videos per class: {listing}. Lower way, shot or query_per_class, or add videos."
@@ -200,7 +204,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
         labels = _column(split_dataset, "label")
         prompt_names = _column(split_dataset, "class_name")
         self.prompt_names: dict[int, str] = {}
-        for label, name in zip(labels, prompt_names):
+        for label, name in zip(labels, prompt_names, strict=True):
             self.prompt_names.setdefault(int(label), name)
         label_feature = getattr(split_dataset, "features", {}).get("label")
         folder_names = getattr(label_feature, "names", None)
@@ -287,7 +291,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
             "support_indices": torch.tensor(used[:num_support], dtype=torch.int64),
             "query_indices": torch.tensor(used[num_support:], dtype=torch.int64),
             "episode_index": index,
-            "num_decode_failures": sum(u != r for u, r in zip(used, rows)),
+            "num_decode_failures": sum(u != r for u, r in zip(used, rows, strict=True)),
         }
 
 

@@ -12,8 +12,8 @@ One code path serves training, evaluation and the pipeline: ``M2DFVideoProcessor
   array. Only the sampled frames are decoded (``VideoReader.get_batch``). Any failure raises
   ``VideoDecodeError`` (a ``ValueError``) that names the file, or "bytes of length n".
 * **Frame sampling** (``sample_frame_indices``): ``"tsn"`` (the paper: T equal segments, a random frame per
-  segment in training, the segment centres at evaluation) and ``"linspace_jitter"`` (the official release,
-  see docs/data.md). Videos shorter than T frames are kept by repeating frames; the release drops them.
+  segment in training, the segment centres at evaluation) and ``"linspace_jitter"`` (the official release).
+  Videos shorter than T frames are kept by repeating frames; the release drops them.
 * **Transforms** in plain torch: resize the short side (uint8 bilinear with antialias, within a grey level of the
   release's PIL bilinear), random crop + horizontal flip in training (drawn once per clip, so every frame gets the
   same crop and flip), centre crop at evaluation, then [0, 1] scaling and optional CLIP mean/std.

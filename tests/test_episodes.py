@@ -53,7 +53,8 @@ def test_small_classes_are_excluded_with_a_warning_and_too_few_is_an_error():
     assert sampler.class_ids.tolist() == [0, 2, 3] and sampler.excluded_classes == [1, 4]
     for i in range(20):
         assert set(sampler.episode(i).class_ids.tolist()) == {0, 2, 3}
-    with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"Only 3 class\(es\).*way=4.*0: 5, 1: 2, 2: 5, 3: 6, 4: 3"):
+    counts = r"0: 5, 1: 2, 2: 5, 3: 6, 4: 3"
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"Only 3 class\(es\).*way=4.*" + counts):
         EpisodeSampler(labels, way=4, shot=1, query_per_class=3)
     with pytest.warns(UserWarning, match="fewer than 6 videos"):  # min_videos raises the bar
         assert EpisodeSampler(labels, 1, 1, 1, min_videos=6).class_ids.tolist() == [3]
@@ -116,7 +117,7 @@ def test_same_episodes_with_0_or_2_workers_and_after_restart(synthetic_train):
     loaded = list(torch.utils.data.DataLoader(_episode_ds(synthetic_train), batch_size=None, num_workers=2))
     collated = list(torch.utils.data.DataLoader(_episode_ds(synthetic_train), batch_size=1, num_workers=0,
                                                 collate_fn=collate_episode))
-    for a, b, c in zip(direct, loaded, collated):
+    for a, b, c in zip(direct, loaded, collated, strict=True):
         _assert_same(a, b)
         _assert_same(a, c)
     assert len(loaded) == 4

@@ -161,7 +161,9 @@ def test_from_clip_loads_the_clip_weights(clip_config, tmp_path):
     with torch.no_grad():
         video = model.get_video_features(pixels)
         text = model.get_text_features(input_ids)
-        torch.testing.assert_close(video.flatten(0, 1), clip.get_image_features(pixel_values=pixels.flatten(0, 1)).pooler_output)
+        torch.testing.assert_close(
+            video.flatten(0, 1), clip.get_image_features(pixel_values=pixels.flatten(0, 1)).pooler_output
+        )
         torch.testing.assert_close(text, clip.get_text_features(input_ids=input_ids).pooler_output)
 
 
@@ -183,11 +185,11 @@ def naive_otam(dist, lam):
 
     for m in range(1, cols + 2):
         acc[0][m] = padded[0][m] + acc[0][m - 1]
-    for l in range(1, rows):
-        acc[l][1] = padded[l][1] + softmin(acc[l - 1][0], acc[l - 1][1], acc[l][0])
+    for r in range(1, rows):
+        acc[r][1] = padded[r][1] + softmin(acc[r - 1][0], acc[r - 1][1], acc[r][0])
         for m in range(2, cols + 1):
-            acc[l][m] = padded[l][m] + softmin(acc[l - 1][m - 1], acc[l][m - 1])
-        acc[l][cols + 1] = softmin(acc[l - 1][cols], acc[l - 1][cols + 1], acc[l][cols])
+            acc[r][m] = padded[r][m] + softmin(acc[r - 1][m - 1], acc[r][m - 1])
+        acc[r][cols + 1] = softmin(acc[r - 1][cols], acc[r - 1][cols + 1], acc[r][cols])
     return acc[rows - 1][cols + 1]
 
 
@@ -201,10 +203,13 @@ def naive_view_distance(query, protos, lam, eps, bidirectional):
     out = torch.zeros(query.shape[0], protos.shape[0], dtype=torch.float64)
     for q in range(query.shape[0]):
         for c in range(protos.shape[0]):
-            dist = [[1 - naive_cos(query[q, i], protos[c, j], eps) for j in range(protos.shape[1])] for i in range(query.shape[1])]
+            dist = [
+                [1 - naive_cos(query[q, i], protos[c, j], eps) for j in range(protos.shape[1])]
+                for i in range(query.shape[1])
+            ]
             value = naive_otam(dist, lam)
             if bidirectional:
-                value += naive_otam([list(col) for col in zip(*dist)], lam)
+                value += naive_otam([list(col) for col in zip(*dist, strict=True)], lam)
             out[q, c] = value
     return out
 
@@ -252,7 +257,7 @@ def naive_mmfe(prompts, context_frames, frames, sd, prefix, heads, use_pos):
     import math
 
     out = []
-    for p, ctx, f in zip(prompts, context_frames, frames):
+    for p, ctx, f in zip(prompts, context_frames, frames, strict=True):
         q_in = torch.cat([p[None], ctx])
         kv_in = torch.cat([p[None], f])
         if use_pos:
@@ -260,12 +265,16 @@ def naive_mmfe(prompts, context_frames, frames, sd, prefix, heads, use_pos):
             kv_in = kv_in + sd[f"{prefix}.position_embeddings"]
         layer = f"{prefix}.layers.0"
 
-        def norm(x):
+        def norm(x, layer=layer):
             mean, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
             return (x - mean) / torch.sqrt(var + 1e-5) * sd[f"{layer}.norm.weight"] + sd[f"{layer}.norm.bias"]
 
         a, b = norm(q_in), norm(kv_in)
-        q, k, v = a @ sd[f"{layer}.attention.q_proj.weight"].T, b @ sd[f"{layer}.attention.k_proj.weight"].T, b @ sd[f"{layer}.attention.v_proj.weight"].T
+        q, k, v = (
+            a @ sd[f"{layer}.attention.q_proj.weight"].T,
+            b @ sd[f"{layer}.attention.k_proj.weight"].T,
+            b @ sd[f"{layer}.attention.v_proj.weight"].T,
+        )
         dh = q.shape[-1] // heads
         merged = []
         for h in range(heads):
@@ -292,7 +301,11 @@ def naive_head(model, episode, prompt_ids):
     sl, ql = episode["support_labels"].tolist(), episode["query_labels"].tolist()
     n, nq = text.shape[0], fq.shape[0]
     support_prompts = torch.stack([text[c] for c in sl])
-    query_prompts = torch.stack([text[c] for c in prompt_ids]) if cfg.use_pps else torch.zeros(nq, text.shape[1], dtype=torch.float64)
+    query_prompts = (
+        torch.stack([text[c] for c in prompt_ids])
+        if cfg.use_pps
+        else torch.zeros(nq, text.shape[1], dtype=torch.float64)
+    )
     distances, tokens = {}, {}
     token_index = 0 if cfg.reliability_token == "prompt" else 1
     for view in ("local", "global"):
@@ -308,7 +321,9 @@ def naive_head(model, episode, prompt_ids):
         out_q = naive_mmfe(query_prompts, ctx_q, fq, sd, f"{prefix}.fusion_encoder", heads, pos)
         protos = torch.stack([torch.stack([out_s[i] for i in range(len(sl)) if sl[i] == c]).mean(0) for c in range(n)])
         distances[view] = naive_view_distance(out_q[:, 1:], protos[:, 1:], lam, eps, cfg.otam_bidirectional)
-        tokens[view] = [[naive_cos(out_q[q, token_index], protos[c, token_index], eps) for c in range(n)] for q in range(nq)]
+        tokens[view] = [
+            [naive_cos(out_q[q, token_index], protos[c, token_index], eps) for c in range(n)] for q in range(nq)
+        ]
     logits = -(distances["local"] + distances["global"])
 
     # Reliability and distillation, per query (METHOD.md 2.10).
@@ -338,7 +353,10 @@ def naive_head(model, episode, prompt_ids):
         return float((p * (p.log() - r.log())).sum())
 
     def directed(teacher, student, members):
-        if not (cfg.distillation_text_condition or cfg.distillation_visual_condition) and cfg.unconditioned_distillation == "sum":
+        if (
+            not (cfg.distillation_text_condition or cfg.distillation_visual_condition)
+            and cfg.unconditioned_distillation == "sum"
+        ):
             return sum(kl(pv[teacher][q], pv[student][q]) for q in range(nq))
         num = den = 0.0
         for q in range(nq):
@@ -560,7 +578,11 @@ def test_switches_that_create_or_remove_modules(clip_config):
     paper_keys, reference_keys = set(paper.state_dict()), set(reference.state_dict())
     # the paper's LTCE has BatchNorms and its MMFE positional embeddings; the release has neither
     assert paper_keys - reference_keys == {
-        *(f"local_view.temporal_context.norm{i}.{p}" for i in (1, 2) for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")),
+        *(
+            f"local_view.temporal_context.norm{i}.{p}"
+            for i in (1, 2)
+            for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+        ),
         "local_view.fusion_encoder.position_embeddings",
         "global_view.fusion_encoder.position_embeddings",
     }
@@ -616,7 +638,10 @@ def _distillation_case():
     g = torch.Generator().manual_seed(11)
     local_d = torch.randn(5, 3, generator=g, dtype=torch.float64) * 2
     global_d = torch.randn(5, 3, generator=g, dtype=torch.float64) * 2
-    tokens = [(torch.randn(5, 4, generator=g, dtype=torch.float64), torch.randn(3, 4, generator=g, dtype=torch.float64)) for _ in range(2)]
+    tokens = [
+        (torch.randn(5, 4, generator=g, dtype=torch.float64), torch.randn(3, 4, generator=g, dtype=torch.float64))
+        for _ in range(2)
+    ]
     return local_d, global_d, tokens
 
 
@@ -639,7 +664,10 @@ def test_teacher_setting_keeps_exactly_its_kl_terms(clip_config, teacher, condit
     p_local, p_global = torch.softmax(-local_d, -1), torch.softmax(-global_d, -1)
     for view, (q_tok, p_tok) in enumerate(tokens):  # eqs. 11-13 by hand
         for q in range(5):
-            cos = torch.tensor([float(q_tok[q] @ p_tok[c]) / float(q_tok[q].norm() * p_tok[c].norm()) for c in range(3)], dtype=torch.float64)
+            cos = torch.tensor(
+                [float(q_tok[q] @ p_tok[c]) / float(q_tok[q].norm() * p_tok[c].norm()) for c in range(3)],
+                dtype=torch.float64,
+            )
             assert abs(float(torch.softmax(cos, 0).max()) - float(text[q, view])) < 1e-12
     torch.testing.assert_close(visual, torch.stack([p_local.max(-1).values, p_global.max(-1).values], -1))
 
@@ -661,8 +689,13 @@ def test_teacher_setting_keeps_exactly_its_kl_terms(clip_config, teacher, condit
 def test_detached_teacher_gets_no_distillation_gradient(clip_config, detach):
     from modeling_m2df import M2DFMutualDistillation
 
-    config = make_config(clip_config, distillation_teacher="global", distillation_detach_teacher=detach,
-                         distillation_text_condition=False, distillation_visual_condition=False)
+    config = make_config(
+        clip_config,
+        distillation_teacher="global",
+        distillation_detach_teacher=detach,
+        distillation_text_condition=False,
+        distillation_visual_condition=False,
+    )
     local_d, global_d, tokens = _distillation_case()
     local_d.requires_grad_(True)
     global_d.requires_grad_(True)
@@ -698,8 +731,12 @@ def test_loss_equals_its_components_by_hand(clip_config):
         model(**episode)
     with torch.no_grad():
         model.text_logit_scale.fill_(2.5)
-        out = model(**episode, split_text_embeds=split_text, support_class_ids=support_class_ids,
-                    query_class_ids=query_class_ids)
+        out = model(
+            **episode,
+            split_text_embeds=split_text,
+            support_class_ids=support_class_ids,
+            query_class_ids=query_class_ids,
+        )
     labels = episode["query_labels"]
     main = -sum(torch.log_softmax(out.logits[q], 0)[labels[q]] for q in range(3)) / 3
     torch.testing.assert_close(out.main_loss, main)
@@ -743,11 +780,19 @@ def test_permutations(clip_config, preset):
     with torch.no_grad():
         base = model(**episode, query_prompt_ids=prompt_ids).logits
         perm = torch.randperm(8, generator=torch.Generator().manual_seed(0))
-        permuted_queries = dict(episode, query_video_embeds=episode["query_video_embeds"][perm], query_labels=episode["query_labels"][perm])
+        permuted_queries = dict(
+            episode, query_video_embeds=episode["query_video_embeds"][perm], query_labels=episode["query_labels"][perm]
+        )
         torch.testing.assert_close(model(**permuted_queries, query_prompt_ids=prompt_ids[perm]).logits, base[perm])
         sperm = torch.randperm(12, generator=torch.Generator().manual_seed(1))
-        permuted_support = dict(episode, support_video_embeds=episode["support_video_embeds"][sperm], support_labels=episode["support_labels"][sperm])
-        torch.testing.assert_close(model(**permuted_support, query_prompt_ids=prompt_ids).logits, base, rtol=1e-5, atol=1e-5)
+        permuted_support = dict(
+            episode,
+            support_video_embeds=episode["support_video_embeds"][sperm],
+            support_labels=episode["support_labels"][sperm],
+        )
+        torch.testing.assert_close(
+            model(**permuted_support, query_prompt_ids=prompt_ids).logits, base, rtol=1e-5, atol=1e-5
+        )
         # renaming the classes (labels and prompt rows together) permutes the logit columns
         cperm = torch.tensor([2, 0, 3, 1])  # old label c becomes cperm[c]
         renamed = dict(
@@ -756,7 +801,9 @@ def test_permutations(clip_config, preset):
             query_labels=cperm[episode["query_labels"]],
             class_text_embeds=episode["class_text_embeds"][torch.argsort(cperm)],
         )
-        torch.testing.assert_close(model(**renamed, query_prompt_ids=cperm[prompt_ids]).logits[:, cperm], base, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            model(**renamed, query_prompt_ids=cperm[prompt_ids]).logits[:, cperm], base, rtol=1e-5, atol=1e-5
+        )
 
 
 @pytest.mark.parametrize(
@@ -775,12 +822,17 @@ def test_every_trainable_parameter_gets_a_gradient(clip_config, preset, override
         support_pixel_values=torch.randn(4, 4, 3, 32, 32, generator=g),
         support_labels=torch.tensor([0, 1, 1, 0]),
         query_pixel_values=torch.randn(4, 4, 3, 32, 32, generator=g),
-        class_input_ids=torch.cat([torch.randint(0, 512, (2, 5), generator=g), torch.full((2, 1), 513)], 1),  # ends in EOS
+        class_input_ids=torch.cat(
+            [torch.randint(0, 512, (2, 5), generator=g), torch.full((2, 1), 513)], 1
+        ),  # ends in EOS
         query_labels=torch.tensor([1, 0, 0, 1]),
     )
     if model.config.text_loss_weight > 0:
-        kwargs.update(split_text_embeds=torch.randn(5, D, generator=g), support_class_ids=torch.tensor([0, 3, 3, 0]),
-                      query_class_ids=torch.tensor([3, 0, 0, 3]))
+        kwargs.update(
+            split_text_embeds=torch.randn(5, D, generator=g),
+            support_class_ids=torch.tensor([0, 3, 3, 0]),
+            query_class_ids=torch.tensor([3, 0, 0, 3]),
+        )
     model(**kwargs).loss.backward()
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     missing = [n for n, p in trainable.items() if p.grad is None or p.grad.abs().sum() == 0]
@@ -804,8 +856,14 @@ def test_freezing_options(clip_config):
     last = trainable_prefixes(trainable_vision_layers=1)
     vision = {n for n in last if n.startswith("vision_tower")}
     assert vision and all(
-        n.startswith(("vision_tower.vision_model.encoder.layers.1.", "vision_tower.vision_model.post_layernorm",
-                      "vision_tower.visual_projection")) for n in vision
+        n.startswith(
+            (
+                "vision_tower.vision_model.encoder.layers.1.",
+                "vision_tower.vision_model.post_layernorm",
+                "vision_tower.visual_projection",
+            )
+        )
+        for n in vision
     )
     assert any(n.startswith("text_tower") for n in trainable_prefixes(freeze_text_encoder=False))
 
@@ -880,8 +938,16 @@ def test_bfloat16_and_eager_attention(clip_config):
         (lambda e: e.update(support_labels=torch.tensor([0, 1, 2, 0, 1])), r"support_labels must have shape \[6\]"),
         (lambda e: e.update(support_labels=e["support_labels"].float()), "integer"),
         (lambda e: e.update(query_video_embeds=e["query_video_embeds"][:, :3]), "same T"),
-        (lambda e: e.update(support_video_embeds=e["support_video_embeds"][:, :1], query_video_embeds=e["query_video_embeds"][:, :1]), "T=1"),
-        (lambda e: e.update(query_video_embeds=e["query_video_embeds"][0]), r"query_video_embeds must have shape \[B, T, 32\]"),
+        (
+            lambda e: e.update(
+                support_video_embeds=e["support_video_embeds"][:, :1], query_video_embeds=e["query_video_embeds"][:, :1]
+            ),
+            "T=1",
+        ),
+        (
+            lambda e: e.update(query_video_embeds=e["query_video_embeds"][0]),
+            r"query_video_embeds must have shape \[B, T, 32\]",
+        ),
         (lambda e: e.update(support_video_embeds=torch.zeros(6, 4, 16)), r"support_video_embeds must have shape"),
         (lambda e: e.update(class_text_embeds=e["class_text_embeds"][:2]), "2 class prompts for N=3"),
         (lambda e: e.update(class_text_embeds=torch.zeros(3, 8)), "class_text_embeds must have shape"),

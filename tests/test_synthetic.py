@@ -90,7 +90,8 @@ def test_generation_is_deterministic_and_written_as_contract_layout(tmp_path):
     assert len(classes) == 9 and all(folder == name.replace(" ", "_") for folder, name in classes.items())
     lines = {s: (Path(root) / "splits" / f"{s}list.txt").read_text().split() for s in ("train", "val", "test")}
     split_classes = {s: {line.split("/")[0] for line in v} for s, v in lines.items()}
-    assert [len(split_classes[s]) for s in ("train", "val", "test")] == [6, 1, 2]  # val round(1.08), test round(2.16), rest train
+    # val round(9 * .12) = 1, test round(9 * .24) = 2, the rest train
+    assert [len(split_classes[s]) for s in ("train", "val", "test")] == [6, 1, 2]
     assert not (split_classes["train"] & split_classes["test"]) and not (split_classes["val"] & split_classes["test"])
     for line in lines["test"]:
         folder, video_id = line.split("/")
@@ -109,7 +110,7 @@ def test_build_synthetic_dataset_dict_has_the_contract_columns(tmp_path):
     root = make_synthetic_dataset(tmp_path / "s", seed=0, progress=False, **SMALL)
     dsd = build_synthetic_dataset_dict(root)
     assert set(dsd) == {"train", "val", "test"}
-    for name, split in dsd.items():
+    for split in dsd.values():
         assert split.column_names == ["video", "label", "class_name", "video_id", "num_frames"]
         assert type(split.features["video"]).__name__ == "Video" and split.features["video"].decode is False
         names = split.features["label"].names
@@ -130,3 +131,24 @@ def test_build_synthetic_dataset_dict_has_the_contract_columns(tmp_path):
 def test_invalid_sizes_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="even"):
         make_synthetic_dataset(tmp_path, progress=False, **{**SMALL, "width": 41})
+
+
+def test_make_synthetic_cli_writes_the_set_and_reports_counts(tmp_path, capsys):
+    import runpy
+
+    script = Path(__file__).resolve().parents[1] / "dataset_scripts" / "make_synthetic.py"
+    main = runpy.run_path(str(script))["main"]
+    summary = main(["--out", str(tmp_path / "cli"), "--num-classes", "5", "--videos-per-class", "2",
+                    "--num-frames", "4", "--height", "32", "--width", "40", "--seed", "1", "--no-progress",
+                    "--save-to-disk", str(tmp_path / "hf")])
+    # 5 classes: val round(0.6) = 1, test round(1.2) = 1, train 3
+    assert summary["splits"] == {"train": {"videos": 6, "classes": 3}, "val": {"videos": 2, "classes": 1},
+                                 "test": {"videos": 2, "classes": 1}}
+    assert json.loads(capsys.readouterr().out)["splits"] == summary["splits"]
+    assert json.loads((tmp_path / "cli" / "synthetic.json").read_text())["seed"] == 1
+    from datasets import load_from_disk
+
+    reloaded = load_from_disk(str(tmp_path / "hf"))
+    rebuilt = build_synthetic_dataset_dict(tmp_path / "cli")
+    assert list(reloaded["train"]["class_name"]) == list(rebuilt["train"]["class_name"])
+    assert len(set(reloaded["train"]["class_name"])) == 3
