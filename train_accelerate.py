@@ -457,7 +457,8 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
             model.train()
             state["backbone_frame_encodings"] += val.backbone_frame_encodings
             state["val_history"].append({"update": state["update"], "accuracy": val.accuracy, "ci95": val.ci95})
-            accelerator.log({"val/accuracy": val.accuracy, "val/ci95": val.ci95}, step=state["update"])
+            accelerator.log({"val/accuracy": val.accuracy, "val/ci95": val.ci95,
+                             "val/backbone_frame_encodings": val.backbone_frame_encodings}, step=state["update"])
             if state["best_val"] is None or val.accuracy > state["best_val"]["accuracy"]:
                 state["best_val"] = {"accuracy": val.accuracy, "ci95": val.ci95, "num_episodes": val.num_episodes,
                                      "step": state["update"]}

@@ -371,6 +371,10 @@ def evaluate_episodes(
     labels = np.stack([r[2] for r in kept])
     per_episode = (predictions == labels).mean(axis=1)
     scores = load_episode_metric().compute(episode_accuracies=per_episode.tolist())
+    if rank == 0:
+        logger.info("%s: %.2f +- %.2f over %d episodes; %d backbone frame encodings (%s), %.1f s", desc,
+                    scores["accuracy"], scores["ci95"], scores["num_episodes"], encodings,
+                    "each video once" if cached else "per episode", time.time() - start)
     return EvaluationResult(
         accuracy=scores["accuracy"],
         ci95=scores["ci95"],
