@@ -850,6 +850,8 @@ class M2DFModel(M2DFPreTrainedModel):
             query_prompt_ids,
         )
         num_support = support_labels.shape[0]
+        support_labels = support_labels.long()  # one_hot and cross-entropy need int64; int32 labels are fine too
+        query_labels = query_labels.long() if query_labels is not None else None
         compute_text_loss = config.text_loss_weight > 0 and query_labels is not None
         if compute_text_loss:
             num_query = (query_pixel_values if query_pixel_values is not None else query_video_embeds).shape[0]
@@ -901,37 +903,27 @@ class M2DFModel(M2DFPreTrainedModel):
         distances = view_distances.sum(dim=0)
         logits = -distances  # eqs. 9 and 16
 
-        output = M2DFOutput(
-            logits=logits,
-            distances=distances,
-            query_prompt_probs=prompt_probs,
-            query_prompt_ids=query_prompt_ids if self.prompt_selector is not None else None,
-        )
-        if self.local_view is not None:
-            output.local_distances = view_distances[0]
-        if self.global_view is not None:
-            output.global_distances = view_distances[-1]
+        local_distances = view_distances[0] if self.local_view is not None else None
+        global_distances = view_distances[-1] if self.global_view is not None else None
 
         # 4. Reliability and mutual distillation (eqs. 10-14).
+        distillation_loss = local_mask = global_mask = visual_reliability = text_reliability = None
         if self.distillation is not None:
             token = 0 if config.reliability_token == "prompt" else 1
             tokens = [(q[:, token], p[:, token]) for q, p in zip(query_outputs, prototypes, strict=True)]
-            (
-                output.distillation_loss,
-                output.local_reliable_mask,
-                output.global_reliable_mask,
-                output.visual_reliability,
-                output.text_reliability,
-            ) = self.distillation(view_distances[0], view_distances[1], tokens[0], tokens[1])
+            distillation_loss, local_mask, global_mask, visual_reliability, text_reliability = self.distillation(
+                local_distances, global_distances, tokens[0], tokens[1]
+            )
 
         # 5. Loss (eq. 15).
+        loss = main_loss = text_loss = text_logits = None
         if query_labels is not None:
-            output.main_loss = self._ce(logits, query_labels)
-            loss = output.main_loss
-            if output.distillation_loss is not None:
-                loss = loss + config.distillation_weight * output.distillation_loss
+            main_loss = self._ce(logits, query_labels)
+            loss = main_loss
+            if distillation_loss is not None:
+                loss = loss + config.distillation_weight * distillation_loss
             if compute_text_loss:
-                output.text_logits = auxiliary_text_logits(
+                text_logits = auxiliary_text_logits(
                     support_frames,
                     support_prompts,
                     query_frames,
@@ -941,12 +933,27 @@ class M2DFModel(M2DFPreTrainedModel):
                     config.pps_top_k,
                     config.cosine_eps,
                 )
-                output.text_loss = self._ce(
-                    output.text_logits, torch.cat([support_class_ids, query_class_ids]).to(logits.device)
-                )
-                loss = loss + config.text_loss_weight * output.text_loss
-            output.loss = loss
+                text_targets = torch.cat([support_class_ids, query_class_ids]).long().to(logits.device)
+                text_loss = self._ce(text_logits, text_targets)
+                loss = loss + config.text_loss_weight * text_loss
 
+        output = M2DFOutput(
+            loss=loss,
+            logits=logits,
+            distances=distances,
+            local_distances=local_distances,
+            global_distances=global_distances,
+            main_loss=main_loss,
+            distillation_loss=distillation_loss,
+            text_loss=text_loss,
+            text_logits=text_logits,
+            query_prompt_probs=prompt_probs,
+            query_prompt_ids=query_prompt_ids if self.prompt_selector is not None else None,
+            local_reliable_mask=local_mask,
+            global_reliable_mask=global_mask,
+            visual_reliability=visual_reliability,
+            text_reliability=text_reliability,
+        )
         return output if return_dict else output.to_tuple()
 
 

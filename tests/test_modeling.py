@@ -51,7 +51,7 @@ def make_episode(num_classes, shots, queries_per_class, num_frames, seed=0, dim=
     )
 
 
-@pytest.mark.parametrize("num_frames", [4, 8, 16])
+@pytest.mark.parametrize("num_frames", [2, 4, 8, 16])
 def test_output_shapes_from_features(clip_config, num_frames):
     model = M2DFModel(make_config(clip_config, num_frames=num_frames)).eval()
     for num_classes, shots in itertools.product([2, 5], [1, 3, 5]):
@@ -68,6 +68,10 @@ def test_output_shapes_from_features(clip_config, num_frames):
         assert out.loss.shape == out.main_loss.shape == out.distillation_loss.shape == ()
         torch.testing.assert_close(out.logits, -(out.local_distances + out.global_distances))
         torch.testing.assert_close(out.query_prompt_probs.sum(-1), torch.ones(nq))
+        assert list(out.keys())[:3] == ["loss", "logits", "distances"]  # field order, whatever is computed
+        with torch.no_grad():
+            as_tuple = model(**episode, return_dict=False)
+        assert torch.equal(as_tuple[0], out.loss) and torch.equal(as_tuple[1], out.logits)
 
 
 def test_pixels_and_token_ids_match_precomputed_features(clip_config):
@@ -99,6 +103,15 @@ def test_pixels_and_token_ids_match_precomputed_features(clip_config):
     clip_frames = model.vision_tower(pixel_values=support[1]).image_embeds
     torch.testing.assert_close(support_embeds[1], clip_frames)
     torch.testing.assert_close(from_pixels.logits, from_features.logits)
+    with torch.no_grad():  # any integer label dtype
+        int32 = model(
+            support_video_embeds=support_embeds,
+            support_labels=labels.int(),
+            query_video_embeds=query_embeds,
+            class_text_embeds=text,
+            query_labels=torch.tensor([0, 1], dtype=torch.int32),
+        )
+    torch.testing.assert_close(int32.logits, from_features.logits)
 
 
 def test_save_load_round_trip_and_fresh_process_remote_code(clip_config, tmp_path):
