@@ -194,6 +194,18 @@ def load_weights_from_folder(model, folder: str) -> None:
                          f"unexpected {unexpected[:5]}")
 
 
+def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every leaf that differs between two configs."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
 def flat_hparams(cfg: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in cfg.items():
@@ -263,7 +275,7 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
     from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
     from tqdm.auto import tqdm
 
-    from m2df_hf.episodes import EpisodeDataset
+    from m2df_hf.episodes import EpisodeDataset, EpisodeSampler
     from m2df_hf.evaluation import (FeatureCache, compute_text_table, evaluate_episodes, get_split,
                                     model_fingerprint, split_class_names)
 
@@ -306,6 +318,8 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
     # ---- data, processor, model, tokenizer -------------------------------------------------------------
     dsd = load_data(cfg, accelerator)
     splits = {name: get_split(dsd, cfg["data"][f"{name}_split"]) for name in ("train", "val", "test")}
+    for name, query in (("val", ep["test_query_per_class"]), ("test", ep["test_query_per_class"])):
+        EpisodeSampler(splits[name]["label"], ep["way"], ep["shot"], query)  # too few classes: ValueError now
     processor = build_processor(cfg)
     torch.manual_seed(run["seed"])  # model initialisation: identical on every rank
     model = build_model(cfg)
@@ -344,7 +358,8 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
         return evaluate_episodes(
             unwrapped, splits[split_name], processor, text_table=tables.get(split_name), tokenizer=tokenizer,
             way=ep["way"], shot=ep["shot"], query_per_class=query, num_episodes=num, seed=seed,
-            video_batch_size=ev["video_batch_size"], cache=FeatureCache(ev["cache_dir"]), accelerator=accelerator,
+            video_batch_size=ev["video_batch_size"], num_workers=cfg["data"]["num_workers"],
+            cache=FeatureCache(ev["cache_dir"]), accelerator=accelerator,
             desc=f"{split_name} episodes",
         )
 
@@ -358,6 +373,9 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
         accelerator.load_state(ckpts[-1])
         with open(os.path.join(ckpts[-1], "meta.json")) as f:
             state = json.load(f)
+        changed = config_differences(state.pop("config", cfg), cfg)
+        if changed and main:
+            logger.warning("resuming with a config that differs from the checkpoint's: %s", "; ".join(changed))
         if main:
             logger.info("resumed from %s (update %d)", ckpts[-1], state["update"])
 
@@ -468,7 +486,8 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
                 bar.write(f"update {state['update']}: val {val.accuracy:.2f} +- {val.ci95:.2f} "
                           f"(best {state['best_val']['accuracy']:.2f} at update {state['best_val']['step']})")
         if state["update"] % cfg["checkpoint"]["every"] == 0 or last:
-            save_checkpoint(accelerator, ckpt_root, state["update"], state, cfg["checkpoint"]["keep_last"])
+            save_checkpoint(accelerator, ckpt_root, state["update"], {**state, "config": cfg},
+                            cfg["checkpoint"]["keep_last"])
         if stop_after_update is not None and state["update"] >= stop_after_update and not last:
             bar.close()
             accelerator.end_training()

@@ -227,6 +227,19 @@ def _load_clips(processor, split, indices: Sequence[int]) -> tuple[list[torch.Te
     return clips, failures
 
 
+class _ChunkDecoder(torch.utils.data.Dataset):
+    """Chunk ``j`` of videos -> deterministic eval clips (decoded in DataLoader workers when asked)."""
+
+    def __init__(self, processor, split, chunks):
+        self.processor, self.split, self.chunks = processor, split, chunks
+
+    def __len__(self):
+        return len(self.chunks)
+
+    def __getitem__(self, j):
+        return _load_clips(self.processor, self.split, self.chunks[j])
+
+
 def _episodes(split, way, shot, query_per_class, num_episodes, seed):
     from m2df_hf.episodes import EpisodeSampler
 
@@ -255,6 +268,7 @@ def evaluate_episodes(
     seed: int = 0,
     cached: bool = True,
     video_batch_size: int = 16,
+    num_workers: int = 0,
     cache: FeatureCache | None = None,
     accelerator=None,
     progress: bool = True,
@@ -268,6 +282,7 @@ def evaluate_episodes(
             ``tokenizer`` and the split's class names when omitted.
         cached: encode every video once (default) or per episode (reference path; same predictions).
         video_batch_size: videos per backbone call when filling the cache.
+        num_workers: DataLoader workers decoding those videos (0: in this process).
         cache: a :class:`FeatureCache` to reuse across calls (fresh one when omitted).
         accelerator: shards videos and episodes over processes and gathers them; ``None`` = one process.
     """
@@ -302,8 +317,11 @@ def evaluate_episodes(
         todo = [i for i in used if (fingerprint, _video_key(split, i, video_ids)) not in cache]
         chunks = [todo[c : c + video_batch_size] for c in range(0, len(todo), video_batch_size)]
         mine = []
-        for chunk in tqdm(chunks[rank::world], desc=f"{desc}: encode videos", disable=not show, leave=False):
-            clips, failures = _load_clips(processor, split, chunk)
+        my_chunks = chunks[rank::world]
+        decoded = torch.utils.data.DataLoader(_ChunkDecoder(processor, split, my_chunks), batch_size=None,
+                                              num_workers=num_workers)
+        for chunk, (clips, failures) in tqdm(zip(my_chunks, decoded), total=len(my_chunks),
+                                             desc=f"{desc}: encode videos", disable=not show, leave=False):
             ok = [k for k, clip in enumerate(clips) if clip is not None]
             feats = None
             if ok:
@@ -483,6 +501,7 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--query", type=int, default=1, help="queries per class (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="episode seed (default 0: the standard episodes)")
     parser.add_argument("--video-batch-size", type=int, default=16, help="videos per backbone call")
+    parser.add_argument("--num-workers", type=int, default=0, help="video decoding workers")
     parser.add_argument("--cache-dir", default=None, help="keep frame features on disk between runs")
     parser.add_argument("--uncached", action="store_true", help="encode every episode's videos (slow; reference)")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
@@ -503,7 +522,8 @@ def run_cli(args) -> int:
     result = evaluate_episodes(
         model, split, processor, tokenizer=tokenizer, way=args.way, shot=args.shot, query_per_class=args.query,
         num_episodes=args.episodes, seed=args.seed, cached=not args.uncached,
-        video_batch_size=args.video_batch_size, cache=FeatureCache(args.cache_dir), accelerator=accelerator,
+        video_batch_size=args.video_batch_size, num_workers=args.num_workers, cache=FeatureCache(args.cache_dir),
+        accelerator=accelerator,
         progress=not args.json, desc=f"{args.split} episodes",
     )
     if accelerator.is_main_process:

@@ -334,3 +334,10 @@ def test_help_has_examples():
         ta.parse_args(["--help"])
     text = stdout.getvalue()
     assert "examples:" in text and "--set train.lr=" in text and "accelerate launch" in text
+
+
+def test_too_few_classes_fail_before_training(data_root, tmp_path):
+    cfg = tiny_cfg(tmp_path / "run", data_root, "episodes.way=5")  # val has 3 classes
+    with pytest.raises(ValueError, match="class"):
+        run_train(cfg)
+    assert not os.path.isdir(tmp_path / "run" / "checkpoints")
