@@ -25,6 +25,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 import time
 import warnings
 
@@ -323,7 +324,7 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
     processor = build_processor(cfg)
     torch.manual_seed(run["seed"])  # model initialisation: identical on every rank
     model = build_model(cfg)
-    tokenizer = build_tokenizer(cfg, os.path.join(out_dir, "tokenizer"))
+    tokenizer = build_tokenizer(cfg, tempfile.mkdtemp(prefix="m2df_tokenizer_"))  # saved with the model later
     if tr["activation_checkpointing"]:
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable()

@@ -260,35 +260,11 @@ def test_nonfinite_loss_skips_the_update_then_aborts(data_root, tmp_path, monkey
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _ddp_worker(cfg, model_dir, report_dir):
-    _reset_accelerate()
-    torch.set_num_threads(1)
-    from accelerate import Accelerator
-    from transformers import AutoModel, AutoTokenizer
-
-    from m2df_hf.evaluation import evaluate_episodes
-    from m2df_hf.processing_m2df import M2DFVideoProcessor
-
-    accelerator = Accelerator()
-    rank = accelerator.process_index
-    # distributed evaluation of a fixed model (videos and episodes sharded, then gathered)
-    model = AutoModel.from_pretrained(model_dir, trust_remote_code=True)
-    split = build_synthetic_dataset_dict(cfg["data"]["path"])["test"]
-    result = evaluate_episodes(model, split, M2DFVideoProcessor.from_pretrained(model_dir),
-                               tokenizer=AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True), way=3,
-                               shot=1, num_episodes=9, seed=7, video_batch_size=3, accelerator=accelerator,
-                               progress=False)
-    np.save(os.path.join(report_dir, f"eval_rank{rank}.npy"), result.predictions)
-    with open(os.path.join(report_dir, f"eval_rank{rank}.json"), "w") as f:
-        json.dump({"world": accelerator.num_processes, "encodings": result.backbone_frame_encodings}, f)
-    results = ta.train(cfg)
-    with open(os.path.join(report_dir, f"train_rank{rank}.json"), "w") as f:
-        json.dump({"fingerprint": results["final_weights_fingerprint"],
-                   "processes": results["training"]["num_processes"]}, f)
-
-
 def test_two_process_ddp_matches_one_process(full_run, data_root, tmp_path):
-    from accelerate import debug_launcher
+    """Fresh processes (torchrun), not debug_launcher's fork: forking a pytest process that other tests left
+    with live threads (a Gradio server, tokenizer pools) can deadlock the children."""
+    import socket
+    import subprocess
 
     from m2df_hf.evaluation import evaluate_episodes
     from m2df_hf.processing_m2df import M2DFVideoProcessor
@@ -298,8 +274,18 @@ def test_two_process_ddp_matches_one_process(full_run, data_root, tmp_path):
     report = tmp_path / "report"
     report.mkdir()
     model_dir = os.path.join(out_1, "model")
-    debug_launcher(_ddp_worker, args=(cfg_2, model_dir, str(report)), num_processes=2)
-    _reset_accelerate()
+    cfg_path = tmp_path / "cfg.json"
+    cfg_path.write_text(json.dumps(cfg_2))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(port), str(ROOT / "tests" / "ddp_worker.py"), str(cfg_path), model_dir,
+               str(report)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
 
     # both ranks hold identical parameters, and ran as 2 processes
     ranks = [json.load(open(report / f"train_rank{r}.json")) for r in (0, 1)]
