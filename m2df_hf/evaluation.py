@@ -210,8 +210,9 @@ def _gather(objects: list, accelerator) -> list:
     return gather_object(objects)
 
 
-def _video_key(split, index: int, video_ids) -> str:
-    return str(video_ids[index]) if video_ids is not None else f"row{index}"
+def _video_key(index: int, video_ids) -> str:
+    """Row index plus video id: ids alone can repeat within a split (Kinetics-100's train list does)."""
+    return f"{index}:{video_ids[index]}" if video_ids is not None else f"{index}"
 
 
 def _load_clips(processor, split, indices: Sequence[int]) -> tuple[list[torch.Tensor | None], list[str]]:
@@ -297,7 +298,7 @@ def evaluate_episodes(
         text_table = compute_text_table(model, tokenizer, split_class_names(split))
     text_table = text_table.to(device)
     episodes = _episodes(split, way, shot, query_per_class, num_episodes, seed)
-    video_ids = split["video_id"] if "video_id" in split.column_names else None
+    video_ids = list(split["video_id"]) if "video_id" in split.column_names else None
     from tqdm.auto import tqdm
 
     show = progress and rank == 0
@@ -314,7 +315,7 @@ def evaluate_episodes(
         fingerprint = model_fingerprint(model, processor)
         namespace = getattr(split, "_fingerprint", "split")
         cache.load(fingerprint, namespace)
-        todo = [i for i in used if (fingerprint, _video_key(split, i, video_ids)) not in cache]
+        todo = [i for i in used if (fingerprint, _video_key(i, video_ids)) not in cache]
         chunks = [todo[c : c + video_batch_size] for c in range(0, len(todo), video_batch_size)]
         mine = []
         my_chunks = chunks[rank::world]
@@ -333,11 +334,11 @@ def evaluate_episodes(
             failure_messages.extend(failures)
             failed.update(chunk[k] for k in range(len(chunk)) if k not in ok)
             for j, k in enumerate(ok):
-                cache.put(fingerprint, _video_key(split, chunk[k], video_ids), feats[j])
+                cache.put(fingerprint, _video_key(chunk[k], video_ids), feats[j])
             encodings += len(ok) * num_frames
         if rank == 0:
             cache.save(fingerprint, namespace)
-        features = {i: cache.get(fingerprint, _video_key(split, i, video_ids)) for i in used if i not in failed}
+        features = {i: cache.get(fingerprint, _video_key(i, video_ids)) for i in used if i not in failed}
 
     # 2) the head of every episode (sharded over processes), each with its own RNG seed
     devices = [device] if device.type == "cuda" else []
