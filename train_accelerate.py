@@ -101,6 +101,18 @@ def build_processor(cfg: dict):
     return M2DFVideoProcessor.from_preset(preset, **overrides)
 
 
+def check_model_overrides(cfg: dict) -> None:
+    """``model.config`` keys must be ``M2DFConfig`` fields (a config would silently keep a misspelt one)."""
+    import inspect
+
+    from configuration_m2df import M2DFConfig
+
+    fields = set(inspect.signature(M2DFConfig.__init__).parameters) - {"self", "kwargs", "clip_config", "preset"}
+    unknown = sorted(set(cfg["model"]["config"]) - fields)
+    if unknown:
+        raise ValueError(f"model.config has unknown M2DFConfig field(s) {unknown}; known: {', '.join(sorted(fields))}")
+
+
 def build_model(cfg: dict):
     """``M2DFModel``: from a CLIP checkpoint (``model.base_model``) or a random-init CLIP from config."""
     from configuration_m2df import M2DFConfig
@@ -281,6 +293,7 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
                                     model_fingerprint, split_class_names)
 
     run, tr, ev, ep = cfg["run"], cfg["train"], cfg["eval"], cfg["episodes"]
+    check_model_overrides(cfg)
     if run["torch_threads"]:
         torch.set_num_threads(int(run["torch_threads"]))
     out_dir = os.path.abspath(run["output_dir"])
@@ -645,7 +658,12 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    cfg = load_config(args.config or DEMO_CONFIG, args.set)
+    try:
+        cfg = load_config(args.config or DEMO_CONFIG, args.set)
+        check_model_overrides(cfg)
+    except ValueError as err:
+        print(f"train_accelerate.py: config error: {err}", file=sys.stderr)
+        return 2
     if args.print_config:
         print(dump_config(cfg))
         return 0

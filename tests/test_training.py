@@ -118,6 +118,9 @@ def test_config_errors_name_the_key():
         load_config(None, ["train.lr"])
     with pytest.raises(ValueError, match="mixed_precision"):
         load_config(None, ["train.mixed_precision=fp8"])
+    with pytest.raises(ValueError, match="otam_bidirection"):  # a misspelt M2DFConfig field
+        ta.check_model_overrides(load_config(None, ["model.config.otam_bidirection=false"]))
+    ta.check_model_overrides(load_config(None, ["model.config.otam_bidirectional=false"]))
 
 
 # ---------------------------------------------------------------------------------------------------------------
