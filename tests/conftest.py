@@ -21,15 +21,19 @@ import torch  # noqa: E402
 
 from m2df_hf.tokenization import build_tiny_clip_tokenizer, tiny_clip_config  # noqa: E402
 
-# Test tensors are tiny: one thread avoids OpenMP oversubscription (about 10x slower with 2 on a busy box).
-torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
-def _seed_everything():
+def _seed_and_one_thread():
+    """Seeds, and one torch thread: test tensors are tiny, and a second intra-op thread only adds OpenMP
+    contention (about 10x slower on a busy 2-core box). Restored after each test, since runs may change it."""
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

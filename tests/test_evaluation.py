@@ -22,14 +22,6 @@ from modeling_m2df import M2DFModel
 NUM_FRAMES = 4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The head is many tiny ops: on a shared 2-core machine one thread avoids OpenMP spin contention (~5x)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def tiny_split(tmp_path_factory):

@@ -13,14 +13,6 @@ from modeling_m2df import M2DFModel
 D = 32  # projection width of the tiny CLIP
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: a second intra-op thread only adds synchronisation (10x slower on a busy box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def make_config(clip_config, preset="paper", **overrides):
     small = dict(num_frames=4, pps_top_k=2, mmfe_num_heads=4, mmfe_ffn_dim=64)

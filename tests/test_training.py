@@ -33,14 +33,6 @@ def _import_script():
 ta = _import_script()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Many tiny ops: on a shared 2-core machine one thread avoids OpenMP spin contention (~5x faster)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _reset_accelerate():
     from accelerate.state import AcceleratorState, GradientState
