@@ -379,7 +379,7 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
 
     # ---- state: fresh or resumed ---------------------------------------------------------------------------
     state = {"update": 0, "episodes": 0, "best_val": None, "nonfinite_updates": 0, "consecutive_nonfinite": 0,
-             "before_training": None, "val_history": [], "backbone_frame_encodings": 0}
+             "before_training": None, "val_history": [], "backbone_frame_encodings": 0, "decode_failures": 0}
     if resume:
         ckpts = list_checkpoints(ckpt_root)
         if not ckpts:
@@ -387,6 +387,7 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
         accelerator.load_state(ckpts[-1])
         with open(os.path.join(ckpts[-1], "meta.json")) as f:
             state = json.load(f)
+        state.setdefault("decode_failures", 0)  # checkpoints written before the counter existed
         changed = config_differences(state.pop("config", cfg), cfg)
         if changed and main:
             logger.warning("resuming with a config that differs from the checkpoint's: %s", "; ".join(changed))
@@ -409,7 +410,8 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
     while state["update"] < tr["num_updates"]:
         update = state["update"]
         t0 = time.time()
-        sums = torch.zeros(5, device=accelerator.device)  # loss, main, distillation, text, non-finite episodes
+        # loss, main, distillation, text, non-finite episodes, videos replaced after a decode failure
+        sums = torch.zeros(6, device=accelerator.device)
         for micro in range(accum):
             batch = next(batches)
             torch.manual_seed(episode_seed(run["seed"], batch["global_episode"]))
@@ -438,6 +440,7 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
                     if part is not None and finite:
                         sums[i] += part.detach().float()
                 sums[4] += 0.0 if finite else 1.0
+                sums[5] += float(batch["num_decode_failures"])
                 if accelerator.sync_gradients:
                     totals = accelerator.reduce(sums, reduction="sum")
                     if totals[4] > 0:  # some episode of this update (on any rank) was non-finite: skip it
@@ -456,6 +459,7 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
             scheduler.step()
         state["update"] = update + 1
         state["episodes"] = state["update"] * E
+        state["decode_failures"] += int(totals[5])
         skipped = bool(totals[4] > 0)
         if skipped:
             state["nonfinite_updates"] += 1
@@ -477,7 +481,8 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
             accelerator.log({"train/loss": float(totals[0]) / good, "train/main_loss": float(totals[1]) / good,
                              "train/distillation_loss": float(totals[2]) / good,
                              "train/text_loss": float(totals[3]) / good, "train/lr": scheduler.get_last_lr()[0],
-                             "train/episodes_per_s": eps_per_s, "train/nonfinite_updates": state["nonfinite_updates"]},
+                             "train/episodes_per_s": eps_per_s, "train/nonfinite_updates": state["nonfinite_updates"],
+                             "train/decode_failures": state["decode_failures"]},
                             step=state["update"])
         bar.set_postfix(loss=f"{float(totals[0]) / good:.3f}", eps=f"{eps_per_s:.1f}")
         bar.update(1)
@@ -507,6 +512,9 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
             accelerator.end_training()
             return {"stopped_at_update": state["update"]}
     bar.close()
+    if state["decode_failures"] and main:
+        logger.warning("%d training video(s) failed to decode and were replaced by same-class videos (each file is "
+                       "named in the warnings above); check or rebuild the dataset", state["decode_failures"])
     final_fingerprint = model_fingerprint(unwrapped)
 
     # ---- the test split, once, on the best-on-val model --------------------------------------------------------
@@ -527,7 +535,7 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
         "synthetic": cfg["data"]["source"] == "synthetic",
         "training": {"updates": state["update"], "episodes": state["episodes"], "episodes_per_update": E,
                      "num_processes": world, "nonfinite_updates": state["nonfinite_updates"],
-                     "val_history": state["val_history"]},
+                     "decode_failures": state["decode_failures"], "val_history": state["val_history"]},
         "config": cfg,
     }
     if state["before_training"] is not None:

@@ -322,3 +322,58 @@ def test_too_few_classes_fail_before_training(data_root, tmp_path):
     with pytest.raises(ValueError, match="class"):
         run_train(cfg)
     assert not os.path.isdir(tmp_path / "run" / "checkpoints")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Decode failures during training
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_decode_failures_are_counted_in_results_and_survive_resume(data_root, tmp_path, caplog):
+    """Two broken train videos (zero-byte, truncated): the run completes, and results.json counts exactly the
+    drawn slots that hit them (computed here from the sampler's episodes), across a kill and --resume."""
+    import logging
+    import shutil
+
+    from m2df_hf.episodes import EpisodeSampler
+
+    root = tmp_path / "data"
+    shutil.copytree(data_root, root)
+    train = build_synthetic_dataset_dict(root)["train"]
+    labels = np.asarray(train["label"])
+    cfg = tiny_cfg(tmp_path / "run", str(root), "eval.before_training=false", "eval.test_episodes=2")
+    E, updates = cfg["train"]["episodes_per_update"], cfg["train"]["num_updates"]
+    sampler = EpisodeSampler(labels, 3, 1, 1, seed=cfg["run"]["seed"])
+    drawn = [np.concatenate([sampler.episode(g).support_indices, sampler.episode(g).query_indices])
+             for g in range(updates * E)]
+    # the two most drawn rows of two different classes (each class keeps 3 good videos to replace them)
+    counts = np.bincount(np.concatenate(drawn), minlength=len(labels))
+    order = np.argsort(-counts, kind="stable")
+    first = int(order[0])
+    second = int(next(r for r in order if labels[r] != labels[first]))
+    broken = {first, second}
+    Path(train[first]["video"]["path"]).write_bytes(b"")
+    path = Path(train[second]["video"]["path"])
+    path.write_bytes(path.read_bytes()[:200])
+    per_episode = [len(set(d.tolist()) & broken) for d in drawn]
+    assert sum(per_episode) >= 2
+
+    assert run_train(cfg, stop_after_update=3) == {"stopped_at_update": 3}
+    meta = json.load(open(tmp_path / "run" / "checkpoints" / "update_00000002" / "meta.json"))
+    assert meta["decode_failures"] == sum(per_episode[: 2 * E])
+    with caplog.at_level(logging.WARNING, logger="train_accelerate"):
+        results = run_train(cfg, resume=True)
+    assert results["training"]["decode_failures"] == sum(per_episode)
+    saved = json.load(open(tmp_path / "run" / "results.json"))
+    assert saved["training"]["decode_failures"] == sum(per_episode)
+    assert f"{sum(per_episode)} training video(s) failed to decode" in caplog.text
+    # tensorboard: the running total, logged every update (the resumed run's event file holds updates 3 and 4)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logged = {}
+    for event_file in (tmp_path / "run" / "logs").rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(event_file))
+        acc.Reload()
+        if "train/decode_failures" in acc.Tags()["scalars"]:
+            logged.update({e.step: e.value for e in acc.Scalars("train/decode_failures")})
+    assert logged == {u: sum(per_episode[: u * E]) for u in range(1, updates + 1)}
