@@ -5,6 +5,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import sys
 from contextlib import redirect_stdout
 from pathlib import Path
@@ -377,3 +378,38 @@ def test_decode_failures_are_counted_in_results_and_survive_resume(data_root, tm
         if "train/decode_failures" in acc.Tags()["scalars"]:
             logged.update({e.step: e.value for e in acc.Scalars("train/decode_failures")})
     assert logged == {u: sum(per_episode[: u * E]) for u in range(1, updates + 1)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Config values checked before any data or weights load
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.config.views=bogus", r"model\.config\.views must be one of"),
+    ("model.config.otam_lambda=0", r"model\.config\.otam_lambda"),
+    ("model.config.mmfe_num_heads=5", r"model\.config\.mmfe_num_heads \(5\) must divide"),  # tiny CLIP width 32
+    ("processor.sampler=bogus", r"processor\.sampler must be one of tsn, linspace_jitter"),
+    ("train.lr_scheduler=bogus", r"train\.lr_scheduler must be one of .*cosine"),
+    ("train.lr_scheduler=reduce_lr_on_plateau", r"train\.lr_scheduler must be one of"),
+    ("train.lr_scheduler=cosine_with_min_lr", r"train\.lr_scheduler='cosine_with_min_lr' cannot be used"),
+])
+def test_print_config_and_train_reject_bad_values_before_loading_anything(override, message, tmp_path, capsys,
+                                                                          monkeypatch):
+    assert ta.main(["--set", override, "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert "config error" in err and re.search(message, err), err
+    # train() refuses too, before data (here a path that does not exist) or a model is touched
+    monkeypatch.setattr(ta, "load_data", lambda *a: pytest.fail("data loaded before the config was checked"))
+    cfg = load_config(None, [f"run.output_dir={tmp_path / 'run'}", "data.path=/nonexistent", override])
+    with pytest.raises(ValueError, match=message):
+        run_train(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_good_values_and_every_shipped_config_pass_the_early_checks():
+    for override in ("model.config.views=local", "processor.sampler=linspace_jitter", "train.lr_scheduler=cosine",
+                     "model.config.mmfe_num_heads=4"):
+        ta.check_config(load_config(None, [override]))
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        ta.check_config(load_config(path))  # base_model unreachable offline: a placeholder CLIP config is used
