@@ -215,8 +215,7 @@ def text_tower_trainable(model, tokenizer) -> bool:
     with torch.enable_grad():
         out = model.get_text_features(input_ids=tok["input_ids"].to(device),
                                       attention_mask=tok["attention_mask"].to(device))
-    out = out if isinstance(out, torch.Tensor) else (getattr(out, "pooler_output", None) or out[0])
-    return bool(out.requires_grad)
+    return bool(out.requires_grad)  # get_text_features returns the [C, D] tensor (the model contract)
 
 
 class EpisodeStream(torch.utils.data.Dataset):

@@ -413,3 +413,11 @@ def test_good_values_and_every_shipped_config_pass_the_early_checks():
         ta.check_config(load_config(None, [override]))
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         ta.check_config(load_config(path))  # base_model unreachable offline: a placeholder CLIP config is used
+
+
+def test_text_tower_trainable_follows_freeze_text_encoder(tmp_path):
+    """Frozen (the paper): prompts are tabled once; unfrozen: gradients reach the text features."""
+    for freeze in (True, False):
+        cfg = load_config(None, [f"model.config.freeze_text_encoder={str(freeze).lower()}"])
+        model = ta.build_model(cfg)
+        assert ta.text_tower_trainable(model, ta.build_tokenizer(cfg, str(tmp_path / "tok"))) is (not freeze)
