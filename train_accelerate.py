@@ -113,6 +113,73 @@ def check_model_overrides(cfg: dict) -> None:
         raise ValueError(f"model.config has unknown M2DFConfig field(s) {unknown}; known: {', '.join(sorted(fields))}")
 
 
+def _placeholder_clip_config(cfg: dict):
+    """A CLIP config to validate ``model.config`` against, without weights.
+
+    The base model's ``config.json`` when it can be read (cached, local, or online); otherwise a tiny config
+    sized so that the two CLIP-dependent checks (``mmfe_num_heads`` divides the width,
+    ``trainable_vision_layers`` fits the encoder) pass: model building checks those against the real CLIP.
+    """
+    from m2df_hf.tokenization import tiny_clip_config
+
+    m = cfg["model"]
+    if not m["base_model"]:
+        try:
+            return tiny_clip_config(**m["clip_config"])
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"model.clip_config: {err}") from None
+    from transformers import CLIPConfig
+
+    try:
+        return CLIPConfig.from_pretrained(m["base_model"])
+    except OSError:  # not downloaded yet, or offline
+        heads, layers = m["config"].get("mmfe_num_heads"), m["config"].get("trainable_vision_layers")
+        heads = heads if isinstance(heads, int) and heads > 0 else 1
+        layers = layers if isinstance(layers, int) and layers > 0 else 2
+        return tiny_clip_config(projection_dim=32 * heads, num_hidden_layers=layers)
+
+
+def check_config(cfg: dict) -> None:
+    """Reject bad ``model.config``, ``processor`` and ``train.lr_scheduler`` values before any data or weights
+    load (``load_config`` checks the rest): the config, processor and scheduler are built once, cheaply."""
+    from transformers import SchedulerType, get_scheduler
+
+    from configuration_m2df import M2DFConfig
+    from m2df_hf.processing_m2df import SAMPLERS
+
+    check_model_overrides(cfg)
+    overrides = dict(cfg["model"]["config"])
+    overrides.setdefault("num_frames", cfg["processor"]["num_frames"])
+    clip_config = _placeholder_clip_config(cfg)
+    try:
+        M2DFConfig.from_preset(cfg["model"]["preset"], clip_config=clip_config, **overrides)
+    except (TypeError, ValueError) as err:  # "M2DFConfig.views must be ..." -> "model.config.views must be ..."
+        raise ValueError(f"model.config (preset {cfg['model']['preset']!r}): "
+                         f"{str(err).replace('M2DFConfig.', 'model.config.')}") from None
+
+    sampler = cfg["processor"]["sampler"]
+    if sampler is not None and sampler not in SAMPLERS:
+        raise ValueError(f"processor.sampler must be one of {', '.join(SAMPLERS)} or null, got {sampler!r}")
+    try:
+        build_processor(cfg)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"processor: {err}") from None
+
+    tr = cfg["train"]
+    # reduce_lr_on_plateau steps on a metric; the loop steps the schedule once per update
+    names = [s.value for s in SchedulerType if s.value != "reduce_lr_on_plateau"]
+    if tr["lr_scheduler"] not in names:
+        raise ValueError(f"train.lr_scheduler must be one of {', '.join(names)}; got {tr['lr_scheduler']!r}")
+    if not isinstance(tr["warmup_updates"], int) or tr["warmup_updates"] < 0:
+        raise ValueError(f"train.warmup_updates must be an integer >= 0, got {tr['warmup_updates']!r}")
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    try:  # some schedules need more arguments (cosine_with_min_lr: min_lr) than the loop gives
+        get_scheduler(tr["lr_scheduler"], optimizer, num_warmup_steps=tr["warmup_updates"],
+                      num_training_steps=tr["num_updates"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"train.lr_scheduler={tr['lr_scheduler']!r} cannot be used here: {err}") from None
+
+
 def build_model(cfg: dict):
     """``M2DFModel``: from a CLIP checkpoint (``model.base_model``) or a random-init CLIP from config."""
     from configuration_m2df import M2DFConfig
@@ -148,8 +215,7 @@ def text_tower_trainable(model, tokenizer) -> bool:
     with torch.enable_grad():
         out = model.get_text_features(input_ids=tok["input_ids"].to(device),
                                       attention_mask=tok["attention_mask"].to(device))
-    out = out if isinstance(out, torch.Tensor) else (getattr(out, "pooler_output", None) or out[0])
-    return bool(out.requires_grad)
+    return bool(out.requires_grad)  # get_text_features returns the [C, D] tensor (the model contract)
 
 
 class EpisodeStream(torch.utils.data.Dataset):
@@ -293,7 +359,7 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
                                     model_fingerprint, split_class_names)
 
     run, tr, ev, ep = cfg["run"], cfg["train"], cfg["eval"], cfg["episodes"]
-    check_model_overrides(cfg)
+    check_config(cfg)
     if run["torch_threads"]:
         torch.set_num_threads(int(run["torch_threads"]))
     out_dir = os.path.abspath(run["output_dir"])
@@ -379,7 +445,7 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
 
     # ---- state: fresh or resumed ---------------------------------------------------------------------------
     state = {"update": 0, "episodes": 0, "best_val": None, "nonfinite_updates": 0, "consecutive_nonfinite": 0,
-             "before_training": None, "val_history": [], "backbone_frame_encodings": 0}
+             "before_training": None, "val_history": [], "backbone_frame_encodings": 0, "decode_failures": 0}
     if resume:
         ckpts = list_checkpoints(ckpt_root)
         if not ckpts:
@@ -387,6 +453,7 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
         accelerator.load_state(ckpts[-1])
         with open(os.path.join(ckpts[-1], "meta.json")) as f:
             state = json.load(f)
+        state.setdefault("decode_failures", 0)  # checkpoints written before the counter existed
         changed = config_differences(state.pop("config", cfg), cfg)
         if changed and main:
             logger.warning("resuming with a config that differs from the checkpoint's: %s", "; ".join(changed))
@@ -409,7 +476,8 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
     while state["update"] < tr["num_updates"]:
         update = state["update"]
         t0 = time.time()
-        sums = torch.zeros(5, device=accelerator.device)  # loss, main, distillation, text, non-finite episodes
+        # loss, main, distillation, text, non-finite episodes, videos replaced after a decode failure
+        sums = torch.zeros(6, device=accelerator.device)
         for micro in range(accum):
             batch = next(batches)
             torch.manual_seed(episode_seed(run["seed"], batch["global_episode"]))
@@ -438,6 +506,7 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
                     if part is not None and finite:
                         sums[i] += part.detach().float()
                 sums[4] += 0.0 if finite else 1.0
+                sums[5] += float(batch["num_decode_failures"])
                 if accelerator.sync_gradients:
                     totals = accelerator.reduce(sums, reduction="sum")
                     if totals[4] > 0:  # some episode of this update (on any rank) was non-finite: skip it
@@ -456,6 +525,7 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
             scheduler.step()
         state["update"] = update + 1
         state["episodes"] = state["update"] * E
+        state["decode_failures"] += int(totals[5])
         skipped = bool(totals[4] > 0)
         if skipped:
             state["nonfinite_updates"] += 1
@@ -477,7 +547,8 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
             accelerator.log({"train/loss": float(totals[0]) / good, "train/main_loss": float(totals[1]) / good,
                              "train/distillation_loss": float(totals[2]) / good,
                              "train/text_loss": float(totals[3]) / good, "train/lr": scheduler.get_last_lr()[0],
-                             "train/episodes_per_s": eps_per_s, "train/nonfinite_updates": state["nonfinite_updates"]},
+                             "train/episodes_per_s": eps_per_s, "train/nonfinite_updates": state["nonfinite_updates"],
+                             "train/decode_failures": state["decode_failures"]},
                             step=state["update"])
         bar.set_postfix(loss=f"{float(totals[0]) / good:.3f}", eps=f"{eps_per_s:.1f}")
         bar.update(1)
@@ -507,6 +578,9 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
             accelerator.end_training()
             return {"stopped_at_update": state["update"]}
     bar.close()
+    if state["decode_failures"] and main:
+        logger.warning("%d training video(s) failed to decode and were replaced by same-class videos (each file is "
+                       "named in the warnings above); check or rebuild the dataset", state["decode_failures"])
     final_fingerprint = model_fingerprint(unwrapped)
 
     # ---- the test split, once, on the best-on-val model --------------------------------------------------------
@@ -527,7 +601,7 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
         "synthetic": cfg["data"]["source"] == "synthetic",
         "training": {"updates": state["update"], "episodes": state["episodes"], "episodes_per_update": E,
                      "num_processes": world, "nonfinite_updates": state["nonfinite_updates"],
-                     "val_history": state["val_history"]},
+                     "decode_failures": state["decode_failures"], "val_history": state["val_history"]},
         "config": cfg,
     }
     if state["before_training"] is not None:
@@ -660,7 +734,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config or DEMO_CONFIG, args.set)
-        check_model_overrides(cfg)
+        check_config(cfg)
     except ValueError as err:
         print(f"train_accelerate.py: config error: {err}", file=sys.stderr)
         return 2

@@ -545,9 +545,10 @@ def build_dataset_dict(
         split_report.found = len(rows)
 
         results = _probe_all([r["path"] for r in rows], num_proc, desc=f"checking {split} videos")
-        kept = []
-        for row, (num_frames, reason) in zip(rows, results):
-            if reason is not None and transcode_dir is not None and reason != "zero-byte file":
+        failed = [i for i, (_, reason) in enumerate(results) if reason not in (None, "zero-byte file")]
+        if transcode_dir is not None and failed:  # SSv2: possibly thousands of .webm files, one by one
+            for i in tqdm(failed, desc=f"transcoding {split} videos"):
+                row, reason = rows[i], results[i][1]
                 copy = Path(transcode_dir) / (row["rel"] + ".mp4")
                 try:
                     transcode_to_mp4(row["path"], copy)
@@ -556,9 +557,11 @@ def build_dataset_dict(
                     copy_reason = _short(error)
                 if copy_reason is None:
                     split_report.transcoded.append({"source": row["path"], "path": str(copy)})
-                    row["path"], reason = str(copy), None
+                    row["path"], results[i] = str(copy), (num_frames, None)
                 else:
-                    reason = f"{reason}; transcoding failed: {copy_reason}"
+                    results[i] = (0, f"{reason}; transcoding failed: {copy_reason}")
+        kept = []
+        for row, (num_frames, reason) in zip(rows, results):
             if reason is not None:
                 split_report.undecodable.append({"path": row["path"], "reason": reason})
                 continue

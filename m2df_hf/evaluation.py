@@ -119,27 +119,29 @@ def compute_text_table(model, tokenizer, class_names: Sequence[str], batch_size:
 
 
 class FeatureCache:
-    """Frame features ``[T, D]`` keyed by ``(model fingerprint, video key)``.
+    """Frame features ``[T, D]`` keyed by ``(model fingerprint, namespace, video key)``.
 
-    In memory; optionally backed by a safetensors file per (fingerprint, dataset) under ``cache_dir`` so that
+    The namespace names the dataset split (its ``datasets`` fingerprint), so one cache reused across splits
+    never hands split A's row 5 to split B's row 5 (video keys are row indices when there is no ``video_id``).
+    In memory; optionally backed by a safetensors file per (fingerprint, namespace) under ``cache_dir`` so that
     repeated evaluations of the same model (other shots, other seeds) skip the backbone entirely.
     """
 
     def __init__(self, cache_dir: str | os.PathLike | None = None):
         self.cache_dir = os.fspath(cache_dir) if cache_dir is not None else None
-        self._store: dict[tuple[str, str], torch.Tensor] = {}
+        self._store: dict[tuple[str, str, str], torch.Tensor] = {}
 
-    def __contains__(self, key: tuple[str, str]) -> bool:
+    def __contains__(self, key: tuple[str, str, str]) -> bool:
         return key in self._store
 
     def __len__(self) -> int:
         return len(self._store)
 
-    def get(self, fingerprint: str, video_key: str) -> torch.Tensor:
-        return self._store[(fingerprint, video_key)]
+    def get(self, fingerprint: str, namespace: str, video_key: str) -> torch.Tensor:
+        return self._store[(fingerprint, namespace, video_key)]
 
-    def put(self, fingerprint: str, video_key: str, features: torch.Tensor) -> None:
-        self._store[(fingerprint, video_key)] = features
+    def put(self, fingerprint: str, namespace: str, video_key: str, features: torch.Tensor) -> None:
+        self._store[(fingerprint, namespace, video_key)] = features
 
     def _file(self, fingerprint: str, namespace: str) -> str:
         return os.path.join(self.cache_dir, f"{fingerprint}-{namespace}.safetensors")
@@ -152,7 +154,7 @@ class FeatureCache:
 
         tensors = load_file(self._file(fingerprint, namespace))
         for key, value in tensors.items():
-            self._store[(fingerprint, key)] = value
+            self._store[(fingerprint, namespace, key)] = value
         return len(tensors)
 
     def save(self, fingerprint: str, namespace: str) -> None:
@@ -161,7 +163,7 @@ class FeatureCache:
         from safetensors.torch import save_file
 
         os.makedirs(self.cache_dir, exist_ok=True)
-        tensors = {k: v.contiguous() for (fp, k), v in self._store.items() if fp == fingerprint}
+        tensors = {k: v.contiguous() for (fp, ns, k), v in self._store.items() if (fp, ns) == (fingerprint, namespace)}
         save_file(tensors, self._file(fingerprint, namespace))
 
 
@@ -315,7 +317,7 @@ def evaluate_episodes(
         fingerprint = model_fingerprint(model, processor)
         namespace = getattr(split, "_fingerprint", "split")
         cache.load(fingerprint, namespace)
-        todo = [i for i in used if (fingerprint, _video_key(i, video_ids)) not in cache]
+        todo = [i for i in used if (fingerprint, namespace, _video_key(i, video_ids)) not in cache]
         chunks = [todo[c : c + video_batch_size] for c in range(0, len(todo), video_batch_size)]
         mine = []
         my_chunks = chunks[rank::world]
@@ -334,11 +336,11 @@ def evaluate_episodes(
             failure_messages.extend(failures)
             failed.update(chunk[k] for k in range(len(chunk)) if k not in ok)
             for j, k in enumerate(ok):
-                cache.put(fingerprint, _video_key(chunk[k], video_ids), feats[j])
+                cache.put(fingerprint, namespace, _video_key(chunk[k], video_ids), feats[j])
             encodings += len(ok) * num_frames
         if rank == 0:
             cache.save(fingerprint, namespace)
-        features = {i: cache.get(fingerprint, _video_key(i, video_ids)) for i in used if i not in failed}
+        features = {i: cache.get(fingerprint, namespace, _video_key(i, video_ids)) for i in used if i not in failed}
 
     # 2) the head of every episode (sharded over processes), each with its own RNG seed
     devices = [device] if device.type == "cuda" else []

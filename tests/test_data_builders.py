@@ -382,7 +382,7 @@ def test_layout_is_enforced(tmp_path):
 # --------------------------------------------------------------------------------------------------
 
 
-def test_ssv2_small_with_transcode(tmp_path):
+def test_ssv2_small_with_transcode(tmp_path, capsys):
     root = tmp_path / "20bn-something-something-v2"
     root.mkdir()
     names = {"train": ["Pouring something into something", "Twisting (wringing) something wet until water comes out"],
@@ -409,10 +409,14 @@ def test_ssv2_small_with_transcode(tmp_path):
     assert [u["path"] for u in report.splits["test"].undecodable] == [str(root / "999.webm")]
     assert len(dsd["test"]) == 2
 
+    capsys.readouterr()
     dsd, report = data.build_benchmark(
         "ssv2_small", root, split_files, verify_checksums=False, labels_json=labels,
         transcode_dir=tmp_path / "transcoded", verbose=False,
     )
+    bars = capsys.readouterr().err
+    assert "transcoding test videos" in bars and "1/1" in bars  # the one AV1 file, with a progress bar
+    assert "transcoding train videos" not in bars  # nothing to transcode there: no bar
     copy = tmp_path / "transcoded" / "999.webm.mp4"
     assert report.splits["test"].transcoded == [{"source": str(root / "999.webm"), "path": str(copy)}]
     assert not report.splits["test"].undecodable

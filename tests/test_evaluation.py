@@ -131,6 +131,26 @@ def test_each_video_is_encoded_once_and_cache_is_reused(tiny_split, clip_config,
     assert sum(encoded) == 2 * len(used)
 
 
+def test_one_cache_reused_across_splits_without_video_ids_keeps_them_apart(tiny_split, clip_config, tiny_tokenizer,
+                                                                           tmp_path):
+    """Without a video_id column the video key is the row index: split B's row 5 must not get split A's."""
+    model, processor = tiny_model("paper", clip_config), processor_for("paper")
+    split_a = tiny_split.remove_columns("video_id")
+    split_b = split_a.select(list(range(len(split_a)))[::-1])  # same classes, every row holds another video
+    kwargs = dict(tokenizer=tiny_tokenizer, way=3, shot=2, num_episodes=12, seed=6, progress=False)
+    alone = evaluate_episodes(model, split_b, processor, cache=FeatureCache(), **kwargs)
+    for cache_dir in (None, tmp_path):  # in memory, and through the files on disk
+        shared = FeatureCache(cache_dir)
+        evaluate_episodes(model, split_a, processor, cache=shared, **kwargs)
+        after_a = evaluate_episodes(model, split_b, processor, cache=shared, **kwargs)
+        assert after_a.backbone_frame_encodings == alone.backbone_frame_encodings > 0  # nothing borrowed from A
+        np.testing.assert_array_equal(after_a.predictions, alone.predictions)
+        again = evaluate_episodes(model, split_b, processor, cache=FeatureCache(cache_dir) if cache_dir else shared,
+                                  **kwargs)
+        assert again.backbone_frame_encodings == 0  # B's own features are reused
+        np.testing.assert_array_equal(again.predictions, alone.predictions)
+
+
 def test_disk_cache_round_trip(tiny_split, clip_config, tiny_tokenizer, tmp_path):
     model, processor = tiny_model("paper", clip_config), processor_for("paper")
     kwargs = dict(tokenizer=tiny_tokenizer, way=3, shot=1, num_episodes=10, seed=2, progress=False)

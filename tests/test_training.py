@@ -5,6 +5,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import sys
 from contextlib import redirect_stdout
 from pathlib import Path
@@ -322,3 +323,101 @@ def test_too_few_classes_fail_before_training(data_root, tmp_path):
     with pytest.raises(ValueError, match="class"):
         run_train(cfg)
     assert not os.path.isdir(tmp_path / "run" / "checkpoints")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Decode failures during training
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_decode_failures_are_counted_in_results_and_survive_resume(data_root, tmp_path, caplog):
+    """Two broken train videos (zero-byte, truncated): the run completes, and results.json counts exactly the
+    drawn slots that hit them (computed here from the sampler's episodes), across a kill and --resume."""
+    import logging
+    import shutil
+
+    from m2df_hf.episodes import EpisodeSampler
+
+    root = tmp_path / "data"
+    shutil.copytree(data_root, root)
+    train = build_synthetic_dataset_dict(root)["train"]
+    labels = np.asarray(train["label"])
+    cfg = tiny_cfg(tmp_path / "run", str(root), "eval.before_training=false", "eval.test_episodes=2")
+    E, updates = cfg["train"]["episodes_per_update"], cfg["train"]["num_updates"]
+    sampler = EpisodeSampler(labels, 3, 1, 1, seed=cfg["run"]["seed"])
+    drawn = [np.concatenate([sampler.episode(g).support_indices, sampler.episode(g).query_indices])
+             for g in range(updates * E)]
+    # the two most drawn rows of two different classes (each class keeps 3 good videos to replace them)
+    counts = np.bincount(np.concatenate(drawn), minlength=len(labels))
+    order = np.argsort(-counts, kind="stable")
+    first = int(order[0])
+    second = int(next(r for r in order if labels[r] != labels[first]))
+    broken = {first, second}
+    Path(train[first]["video"]["path"]).write_bytes(b"")
+    path = Path(train[second]["video"]["path"])
+    path.write_bytes(path.read_bytes()[:200])
+    per_episode = [len(set(d.tolist()) & broken) for d in drawn]
+    assert sum(per_episode) >= 2
+
+    assert run_train(cfg, stop_after_update=3) == {"stopped_at_update": 3}
+    meta = json.load(open(tmp_path / "run" / "checkpoints" / "update_00000002" / "meta.json"))
+    assert meta["decode_failures"] == sum(per_episode[: 2 * E])
+    with caplog.at_level(logging.WARNING, logger="train_accelerate"):
+        results = run_train(cfg, resume=True)
+    assert results["training"]["decode_failures"] == sum(per_episode)
+    saved = json.load(open(tmp_path / "run" / "results.json"))
+    assert saved["training"]["decode_failures"] == sum(per_episode)
+    assert f"{sum(per_episode)} training video(s) failed to decode" in caplog.text
+    # tensorboard: the running total, logged every update (the resumed run's event file holds updates 3 and 4)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logged = {}
+    for event_file in (tmp_path / "run" / "logs").rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(event_file))
+        acc.Reload()
+        if "train/decode_failures" in acc.Tags()["scalars"]:
+            logged.update({e.step: e.value for e in acc.Scalars("train/decode_failures")})
+    assert logged == {u: sum(per_episode[: u * E]) for u in range(1, updates + 1)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Config values checked before any data or weights load
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.config.views=bogus", r"model\.config\.views must be one of"),
+    ("model.config.otam_lambda=0", r"model\.config\.otam_lambda"),
+    ("model.config.mmfe_num_heads=5", r"model\.config\.mmfe_num_heads \(5\) must divide"),  # tiny CLIP width 32
+    ("processor.sampler=bogus", r"processor\.sampler must be one of tsn, linspace_jitter"),
+    ("train.lr_scheduler=bogus", r"train\.lr_scheduler must be one of .*cosine"),
+    ("train.lr_scheduler=reduce_lr_on_plateau", r"train\.lr_scheduler must be one of"),
+    ("train.lr_scheduler=cosine_with_min_lr", r"train\.lr_scheduler='cosine_with_min_lr' cannot be used"),
+])
+def test_print_config_and_train_reject_bad_values_before_loading_anything(override, message, tmp_path, capsys,
+                                                                          monkeypatch):
+    assert ta.main(["--set", override, "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert "config error" in err and re.search(message, err), err
+    # train() refuses too, before data (here a path that does not exist) or a model is touched
+    monkeypatch.setattr(ta, "load_data", lambda *a: pytest.fail("data loaded before the config was checked"))
+    cfg = load_config(None, [f"run.output_dir={tmp_path / 'run'}", "data.path=/nonexistent", override])
+    with pytest.raises(ValueError, match=message):
+        run_train(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_good_values_and_every_shipped_config_pass_the_early_checks():
+    for override in ("model.config.views=local", "processor.sampler=linspace_jitter", "train.lr_scheduler=cosine",
+                     "model.config.mmfe_num_heads=4"):
+        ta.check_config(load_config(None, [override]))
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        ta.check_config(load_config(path))  # base_model unreachable offline: a placeholder CLIP config is used
+
+
+def test_text_tower_trainable_follows_freeze_text_encoder(tmp_path):
+    """Frozen (the paper): prompts are tabled once; unfrozen: gradients reach the text features."""
+    for freeze in (True, False):
+        cfg = load_config(None, [f"model.config.freeze_text_encoder={str(freeze).lower()}"])
+        model = ta.build_model(cfg)
+        assert ta.text_tower_trainable(model, ta.build_tokenizer(cfg, str(tmp_path / "tok"))) is (not freeze)
