@@ -1,8 +1,8 @@
 """Few-shot video classification pipeline for CLIP-M2DF (uploaded to the Hub beside the model).
 
-``pipeline("video-classification", model=..., trust_remote_code=True)`` returns this class for an exported
-model (``config.json["custom_pipelines"]``). Self-contained: torch, numpy, transformers and the sibling
-``processing_m2df`` only.
+``pipeline("video-classification", model=..., trust_remote_code=True)`` returns this class for a saved model folder
+(from training or export) or its Hub id (``config.json["custom_pipelines"]``). Self-contained: torch, numpy,
+transformers and the sibling ``processing_m2df`` only.
 
 Few-shot (the paper's method)::
 
