@@ -185,7 +185,7 @@ def average_buffers(model, accelerator) -> None:
 
 def save_model_folder(model, processor, tokenizer, out_dir: str, accelerator) -> None:
     """The Hub-ready folder, written by the same code as ``m2df export`` (``m2df_hf.hub.save_hub_folder``): weights,
-    remote code, the pipeline (``custom_pipelines``), processor, tokenizer, ``handler.py``; the card comes at the end."""
+    remote code, the pipeline (``custom_pipelines``), processor, tokenizer, ``handler.py``; the card comes last."""
     if accelerator.is_main_process:
         from m2df_hf.hub import save_hub_folder
 
