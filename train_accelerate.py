@@ -250,12 +250,12 @@ def average_buffers(model, accelerator) -> None:
 
 
 def save_model_folder(model, processor, tokenizer, out_dir: str, accelerator) -> None:
-    """The Hub-ready folder: weights + remote code (config/modeling), processor (+ its code), tokenizer."""
-    unwrapped = accelerator.unwrap_model(model)
-    unwrapped.save_pretrained(out_dir, is_main_process=accelerator.is_main_process, save_function=accelerator.save)
+    """The Hub-ready folder, written by the same code as ``m2df export`` (``m2df_hf.hub.save_hub_folder``): weights,
+    remote code, the pipeline (``custom_pipelines``), processor, tokenizer, ``handler.py``; the card comes last."""
     if accelerator.is_main_process:
-        processor.save_pretrained(out_dir)
-        tokenizer.save_pretrained(out_dir)
+        from m2df_hf.hub import save_hub_folder
+
+        save_hub_folder(accelerator.unwrap_model(model), processor, tokenizer, out_dir)
 
 
 def load_weights_from_folder(model, folder: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # (command, module that defines `add_cli(subparsers)` for it)
@@ -27,13 +28,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# User errors: our ValueErrors (bad input, named), and files or folders that do not exist.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand. A user error prints ``m2df COMMAND: error: ...`` and returns 2 (``M2DF_DEBUG=1``: raise)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as err:
+        if os.environ.get("M2DF_DEBUG", "") not in ("", "0"):
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__  # one line
+        print(f"m2df {args.command}: error: {message} (M2DF_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

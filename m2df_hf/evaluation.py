@@ -415,11 +415,17 @@ def evaluate_episodes(
 # ------------------------------------------------------------------------------------------------------------
 
 
-def open_dataset(spec: str, source: str = "auto"):
-    """A ``DatasetDict`` from a ``save_to_disk`` folder, parquet files (folder or glob), or a Hub dataset id.
+SYNTHETIC_ROOT_FILES = ("classes.json", "synthetic.json")  # what make_synthetic_dataset writes at its root
 
-    ``source``: ``auto`` (guess from the spec), ``disk``, ``parquet`` or ``hub``. A parquet folder is expected
-    to hold ``<split>-*.parquet`` files or ``<split>/*.parquet`` sub-folders.
+
+def open_dataset(spec: str, source: str = "auto"):
+    """A ``DatasetDict`` from a ``save_to_disk`` folder, parquet files (folder or glob), a synthetic set's root, or a
+    Hub dataset id.
+
+    ``source``: ``auto`` (guess from the spec), ``disk``, ``parquet``, ``synthetic`` or ``hub``. A parquet folder is
+    expected to hold ``<split>-*.parquet`` files or ``<split>/*.parquet`` sub-folders; a synthetic root is what
+    ``make_synthetic_dataset`` writes (``classes.json``, ``synthetic.json``, ``splits/``, ``videos/``; the demo's
+    ``data/synthetic-demo``).
     """
     import glob
 
@@ -429,11 +435,14 @@ def open_dataset(spec: str, source: str = "auto"):
         if os.path.isdir(spec) and (os.path.isfile(os.path.join(spec, "dataset_dict.json"))
                                     or os.path.isfile(os.path.join(spec, "state.json"))):
             source = "disk"
+        elif all(os.path.isfile(os.path.join(spec, name)) for name in SYNTHETIC_ROOT_FILES):
+            source = "synthetic"
         elif spec.endswith(".parquet") or (os.path.isdir(spec) and glob.glob(os.path.join(spec, "**", "*.parquet"),
                                                                               recursive=True)):
             source = "parquet"
         elif os.path.exists(spec):
-            raise ValueError(f"{spec!r} is neither a save_to_disk folder nor a folder of parquet files")
+            raise ValueError(f"{spec!r} is not a save_to_disk folder, a folder of parquet files or a synthetic set "
+                             f"root ({' and '.join(SYNTHETIC_ROOT_FILES)}); see `m2df evaluate --help`")
         else:
             source = "hub"
     if source == "disk":
@@ -453,9 +462,16 @@ def open_dataset(spec: str, source: str = "auto"):
         else:
             files = {"test": spec}
         return datasets.load_dataset("parquet", data_files=files)
+    if source == "synthetic":
+        from .synthetic import build_synthetic_dataset_dict
+
+        missing = [name for name in SYNTHETIC_ROOT_FILES if not os.path.isfile(os.path.join(spec, name))]
+        if missing:
+            raise ValueError(f"{spec!r} is not a synthetic set root: missing {', '.join(missing)}")
+        return build_synthetic_dataset_dict(spec)
     if source == "hub":
         return datasets.load_dataset(spec)
-    raise ValueError(f"unknown dataset source {source!r}; use auto, disk, parquet or hub")
+    raise ValueError(f"unknown dataset source {source!r}; use auto, disk, parquet, synthetic or hub")
 
 
 def get_split(dsd, name: str):
@@ -469,8 +485,8 @@ def get_split(dsd, name: str):
 # ------------------------------------------------------------------------------------------------------------
 
 EXAMPLES = """examples:
-  # the standard protocol: 10,000 5-way 1-shot test episodes, 1 query per class
-  m2df evaluate --model outputs/demo/model --dataset data/synthetic/hf --episodes 10000
+  # the standard protocol: 10,000 5-way 1-shot test episodes, 1 query per class (on what `make demo` wrote)
+  m2df evaluate --model outputs/demo/model --dataset data/synthetic-demo --episodes 10000
 
   # 5-shot on a parquet export, results as JSON
   m2df evaluate --model org/clip-m2df-ssv2 --dataset data/ssv2_small_parquet --shot 5 --json
@@ -494,8 +510,9 @@ def add_cli(subparsers) -> None:
     )
     parser.add_argument("--model", required=True, help="saved model folder or Hub id (remote code is trusted)")
     parser.add_argument("--dataset", required=True,
-                        help="save_to_disk folder, parquet folder/file, or Hub dataset id (m2df_hf.data layout)")
-    parser.add_argument("--source", default="auto", choices=["auto", "disk", "parquet", "hub"],
+                        help="save_to_disk folder, parquet folder/file, synthetic set root (classes.json + "
+                             "synthetic.json, e.g. data/synthetic-demo), or Hub dataset id (m2df_hf.data layout)")
+    parser.add_argument("--source", default="auto", choices=["auto", "disk", "parquet", "synthetic", "hub"],
                         help="how to read --dataset (default: guess)")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
     parser.add_argument("--episodes", type=int, default=10_000, help="number of episodes (default 10000)")

@@ -2,8 +2,9 @@
 
 * :func:`write_model_card` fills the card template (``model_cards/clip-m2df.md``) from a run's ``results.json``
   (the training script calls it at the end of a run).
-* :func:`export_model` turns a saved model folder into a complete Hub folder: weights, the remote-code files, the
-  pipeline, processor and tokenizer, the card and an Inference Endpoints ``handler.py``.
+* :func:`save_hub_folder` saves a model as a Hub folder: weights, the remote-code files, the pipeline, processor
+  and tokenizer, and an Inference Endpoints ``handler.py`` (the training script saves its model folder with it).
+* :func:`export_model` turns a saved model folder into a complete Hub folder (:func:`save_hub_folder` + the card).
 * :func:`push_folder` uploads such a folder with ``huggingface_hub`` (the ``HfApi`` object is injectable).
 * :func:`add_cli` registers ``m2df predict``, ``m2df export`` and ``m2df push``.
 """
@@ -387,14 +388,30 @@ def load_components(model_dir):
     return model, processor, tokenizer
 
 
+def save_hub_folder(model, processor, tokenizer, out_dir) -> Path:
+    """Save a model with everything the Hub needs into ``out_dir`` (the one code path for training and export).
+
+    Writes ``config.json`` (``auto_map`` and ``custom_pipelines``), ``model.safetensors``, the remote-code files
+    (``configuration_m2df.py``, ``modeling_m2df.py``, ``pipeline_m2df.py``, ``processing_m2df.py``),
+    ``preprocessor_config.json``, the tokenizer files, the Inference Endpoints ``handler.py`` and its
+    ``requirements.txt``. The card and ``results.json`` are the caller's (they need the run's results).
+    Call it on the main process only. Returns ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    with registered_pipeline() as pipeline_class:
+        pipe = pipeline_class(model=model, feature_extractor=processor, tokenizer=tokenizer, device=model.device)
+        pipe.save_pretrained(out_dir)
+    shutil.copyfile(ENDPOINT_HANDLER_PATH, out_dir / "handler.py")
+    (out_dir / "requirements.txt").write_text("decord>=0.6.0\n")  # installed by Inference Endpoints for handler.py
+    return out_dir
+
+
 def export_model(model_dir, out_dir, repo_id: str | None = None, overwrite: bool = False) -> Path:
     """Write a complete Hub folder for the model saved in ``model_dir`` into ``out_dir``.
 
-    The folder holds ``config.json`` (``auto_map`` and ``custom_pipelines``), ``model.safetensors``, the
-    remote-code files (``configuration_m2df.py``, ``modeling_m2df.py``, ``pipeline_m2df.py``,
-    ``processing_m2df.py``), ``preprocessor_config.json``, the tokenizer files, ``README.md`` (filled from
-    ``model_dir/results.json`` when present), ``results.json`` (when present), the Inference Endpoints
-    ``handler.py`` and its ``requirements.txt``. The code written is this package's, not the folder's copy.
+    The folder holds what :func:`save_hub_folder` writes, plus ``README.md`` (filled from
+    ``model_dir/results.json`` when present, with ``repo_id`` in its usage examples) and ``results.json`` (when
+    present). The code written is this package's, not the folder's copy.
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if out_dir.resolve() == model_dir.resolve():
@@ -403,18 +420,13 @@ def export_model(model_dir, out_dir, repo_id: str | None = None, overwrite: bool
         if not overwrite:
             raise ValueError(f"output folder {out_dir} is not empty; remove it or pass overwrite=True (--overwrite)")
         shutil.rmtree(out_dir)
-    model, processor, tokenizer = load_components(model_dir)
-    with registered_pipeline() as pipeline_class:
-        pipe = pipeline_class(model=model, feature_extractor=processor, tokenizer=tokenizer, device=model.device)
-        pipe.save_pretrained(out_dir)
+    save_hub_folder(*load_components(model_dir), out_dir)
     results_path = model_dir / "results.json"
     results = None
     if results_path.is_file():
         shutil.copyfile(results_path, out_dir / "results.json")
         results = results_path
     write_model_card(out_dir, results, repo_id=repo_id)
-    shutil.copyfile(ENDPOINT_HANDLER_PATH, out_dir / "handler.py")
-    (out_dir / "requirements.txt").write_text("decord>=0.6.0\n")  # installed by Inference Endpoints for handler.py
     return out_dir
 
 
@@ -481,18 +493,16 @@ def parse_support(items: list[str]) -> dict[str, list[str]]:
 
 
 def load_pipeline(model: str, device: str | None = None):
-    """A few-shot pipeline for a local folder or Hub id; local training folders need no ``custom_pipelines``."""
+    """The few-shot pipeline of a saved model folder (from training or export) or Hub id."""
     from transformers import pipeline
 
-    kwargs = {"device": device} if device else {}
     config_path = Path(model) / "config.json"
     if config_path.is_file() and "custom_pipelines" not in json.loads(config_path.read_text()):
-        model_obj, processor, tokenizer = load_components(model)
-        from .pipeline_m2df import M2DFFewShotVideoClassificationPipeline
-
-        return M2DFFewShotVideoClassificationPipeline(
-            model=model_obj, feature_extractor=processor, tokenizer=tokenizer, device=device or model_obj.device
+        raise ValueError(
+            f"{model} has no pipeline registration (config.json has no 'custom_pipelines'; it was saved by an older "
+            f"version): run `m2df export --model {model} --out NEW_FOLDER` and use NEW_FOLDER"
         )
+    kwargs = {"device": device} if device else {}
     return pipeline(PIPELINE_TASK, model=model, trust_remote_code=True, **kwargs)
 
 

@@ -1,8 +1,8 @@
 """Few-shot video classification pipeline for CLIP-M2DF (uploaded to the Hub beside the model).
 
-``pipeline("video-classification", model=..., trust_remote_code=True)`` returns this class for an exported
-model (``config.json["custom_pipelines"]``). Self-contained: torch, numpy, transformers and the sibling
-``processing_m2df`` only.
+``pipeline("video-classification", model=..., trust_remote_code=True)`` returns this class for a saved model folder
+(from training or export) or its Hub id (``config.json["custom_pipelines"]``). Self-contained: torch, numpy,
+transformers and the sibling ``processing_m2df`` only.
 
 Few-shot (the paper's method)::
 
@@ -35,6 +35,7 @@ FEW_SHOT = "few-shot"
 ZERO_SHOT = "zero-shot"
 # The model keeps CLIP's towers but not CLIPModel's logit scale; OpenAI CLIP's trained (and clamped) value is 100.
 ZERO_SHOT_LOGIT_SCALE = 100.0
+DEFAULT_SEED = 0  # the few-shot head's seed when the caller gives none (see __call__)
 
 
 @dataclass
@@ -133,7 +134,13 @@ class M2DFFewShotVideoClassificationPipeline(Pipeline):
     # ---------------------------------------------------------------------------------------------- public API
 
     def __call__(
-        self, videos, support_set: dict | None = None, candidate_labels=None, top_k: int | None = None, **kwargs
+        self,
+        videos,
+        support_set: dict | None = None,
+        candidate_labels=None,
+        top_k: int | None = None,
+        seed: int | None = None,
+        **kwargs,
     ):
         """Rank the support classes (few-shot) or ``candidate_labels`` (zero-shot) for one or more queries.
 
@@ -142,6 +149,9 @@ class M2DFFewShotVideoClassificationPipeline(Pipeline):
             support_set: ``{class name: [video, ...]}``, the same number of videos for every class.
             candidate_labels: class names for zero-shot mode (a list, or a comma-separated string).
             top_k: how many labels to return per query (default 5, at most the number of classes).
+            seed: the seed the few-shot head runs under (default 0). Models whose config samples the prompt at
+                evaluation (``pps_eval_mode="sample"``, the ``reference`` preset) draw from it, so the same inputs
+                and seed give the same scores; the global torch RNG is left untouched.
 
         Returns:
             For one query, a list of ``{"label", "score", "mode"}`` sorted by score; for a list, one such list per
@@ -150,7 +160,7 @@ class M2DFFewShotVideoClassificationPipeline(Pipeline):
         single = not isinstance(videos, (list, tuple))
         batch = _QueryBatch([videos] if single else list(videos))
         results = super().__call__(
-            batch, support_set=support_set, candidate_labels=candidate_labels, top_k=top_k, **kwargs
+            batch, support_set=support_set, candidate_labels=candidate_labels, top_k=top_k, seed=seed, **kwargs
         )
         return results[0] if single else results
 
@@ -160,7 +170,7 @@ class M2DFFewShotVideoClassificationPipeline(Pipeline):
 
     # ------------------------------------------------------------------------------------ Pipeline interface
 
-    def _sanitize_parameters(self, support_set=None, candidate_labels=None, top_k=None, **kwargs):
+    def _sanitize_parameters(self, support_set=None, candidate_labels=None, top_k=None, seed=None, **kwargs):
         if kwargs:
             raise ValueError(f"unknown pipeline argument(s): {sorted(kwargs)}")
         preprocess = {}
@@ -173,7 +183,8 @@ class M2DFFewShotVideoClassificationPipeline(Pipeline):
             if int(top_k) < 1:
                 raise ValueError(f"top_k must be >= 1, got {top_k}")
             postprocess["top_k"] = int(top_k)
-        return preprocess, {}, postprocess
+        forward = {"seed": int(seed)} if seed is not None else {}
+        return preprocess, forward, postprocess
 
     def preprocess(self, batch: _QueryBatch, support_set=None, candidate_labels=None):
         if self.tokenizer is None:
@@ -205,7 +216,7 @@ class M2DFFewShotVideoClassificationPipeline(Pipeline):
         )
         return inputs
 
-    def _forward(self, inputs):
+    def _forward(self, inputs, seed: int = DEFAULT_SEED):
         model = self.model
         query_embeds = self._encode_videos(inputs["query_pixel_values"])  # [NQ, T, D]
         if inputs["mode"] == ZERO_SHOT:
@@ -226,12 +237,17 @@ class M2DFFewShotVideoClassificationPipeline(Pipeline):
                     self._support_cache.popitem(last=False)
             else:
                 self._support_cache.move_to_end(inputs["support_key"])
-            logits = model(
-                support_video_embeds=support.video_embeds,
-                support_labels=support.labels,
-                query_video_embeds=query_embeds,
-                class_text_embeds=support.text_embeds,
-            ).logits  # [NQ, N]
+            # A private RNG for the head: a sampled prompt selector (reference preset) is then a function of the
+            # inputs and `seed`, and the caller's global RNG stream is unchanged.
+            devices = [query_embeds.device] if query_embeds.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                logits = model(
+                    support_video_embeds=support.video_embeds,
+                    support_labels=support.labels,
+                    query_video_embeds=query_embeds,
+                    class_text_embeds=support.text_embeds,
+                ).logits  # [NQ, N]
         return {"logits": logits.float(), "labels": inputs["labels"], "mode": inputs["mode"]}
 
     def _encode_videos(self, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -34,10 +34,11 @@ def _tmp(prefix: str) -> Path:
 
 @functools.cache
 def tiny_model_dir() -> Path:
-    """A saved model folder as training writes it: weights, remote code, processor, tokenizer, results.json."""
+    """A saved model folder as training writes it (``save_hub_folder``), plus results.json (no card yet)."""
     import torch
 
     from configuration_m2df import M2DFConfig
+    from m2df_hf.hub import save_hub_folder
     from m2df_hf.processing_m2df import M2DFVideoProcessor
     from m2df_hf.tokenization import build_tiny_clip_tokenizer, tiny_clip_config
     from modeling_m2df import M2DFModel
@@ -47,9 +48,8 @@ def tiny_model_dir() -> Path:
     M2DFConfig.register_for_auto_class()
     M2DFModel.register_for_auto_class("AutoModel")
     model = M2DFModel(M2DFConfig.from_preset("paper", clip_config=tiny_clip_config(), num_frames=NUM_FRAMES)).eval()
-    model.save_pretrained(path)
-    M2DFVideoProcessor(num_frames=NUM_FRAMES, resize_short_side=CROP + 4, crop_size=CROP).save_pretrained(path)
-    build_tiny_clip_tokenizer(path)
+    processor = M2DFVideoProcessor(num_frames=NUM_FRAMES, resize_short_side=CROP + 4, crop_size=CROP)
+    save_hub_folder(model, processor, build_tiny_clip_tokenizer(path), path)  # what train_accelerate.py calls
     (path / "results.json").write_text(json.dumps(RESULTS))
     return path
 

@@ -36,7 +36,7 @@ def pipe():
 
 def test_predict_json_matches_the_pipeline(pipe, capsys):
     v = videos()
-    # a training-style folder (no custom_pipelines in config.json) works too: the CLI builds the pipeline itself
+    # the folder as training saves it (not exported) works with the standard pipeline call
     argv = ["predict", "--model", str(tiny_model_dir()), *support_args(), "--query", v["q0"], v["q1"], "--top-k", "2"]
     assert run_cli([*argv, "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
@@ -92,3 +92,31 @@ def test_push_command_uses_the_hub_api(monkeypatch, capsys):
     assert run_cli(["push", "--folder", str(exported_dir()), "--repo-id", "org/demo", "--private"]) == 0
     assert calls == [("create_repo", "org/demo", True), ("upload_folder", "org/demo", str(exported_dir()))]
     assert "https://huggingface.co/org/demo" in capsys.readouterr().out
+
+
+def test_user_errors_print_one_line_and_exit_2(monkeypatch, capsys, tmp_path):
+    v = videos()
+    missing = str(tmp_path / "nope.mp4")
+    argv = ["predict", "--model", str(exported_dir()), "--support", f"a={missing}", "--query", v["q0"]]
+    assert run_cli(argv) == 2
+    err = capsys.readouterr().err  # before the error line: loading progress bars and logs
+    assert "Traceback (most recent call last)" not in err and err.endswith("\n")
+    last = err.replace("\r", "\n").splitlines()[-1]
+    assert last.startswith("m2df predict: error: ") and f"video file not found: {missing!r}" in last
+    assert run_cli(["export", "--model", str(tmp_path / "no_model"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("m2df export: error: ") and "no_model is not a complete saved model folder" in err
+    monkeypatch.setenv("M2DF_DEBUG", "1")  # the traceback, for bug reports
+    with pytest.raises(ValueError, match="video file not found"):
+        run_cli(argv)
+
+
+def test_folder_without_pipeline_registration_says_to_export(tmp_path):
+    """A model folder saved before training wrote `custom_pipelines` gets told what to run."""
+    old = tmp_path / "old_model"
+    old.mkdir()
+    config = json.loads((tiny_model_dir() / "config.json").read_text())
+    del config["custom_pipelines"]
+    (old / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"no 'custom_pipelines'.*m2df export --model .*old_model --out NEW_FOLDER"):
+        hub.load_pipeline(str(old))

@@ -24,12 +24,17 @@ NUM_FRAMES = 4
 
 
 @pytest.fixture(scope="module")
-def tiny_split(tmp_path_factory):
+def synthetic_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic_eval")
     # 25 classes -> 16 / 3 / 6 train / val / test classes, 4 videos each
     make_synthetic_dataset(root, num_classes=25, videos_per_class=4, num_frames=8, height=32, width=32, seed=3,
                            progress=False)
-    return build_synthetic_dataset_dict(root)["test"]
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_split(synthetic_root):
+    return build_synthetic_dataset_dict(synthetic_root)["test"]
 
 
 def tiny_model(preset, clip_config):
@@ -189,3 +194,28 @@ def test_evaluate_cli_help_has_examples(capsys):
         parser.parse_args(["evaluate", "--help"])
     text = capsys.readouterr().out
     assert "examples:" in text and "m2df evaluate --model" in text and "--episodes" in text
+
+
+def test_open_dataset_reads_a_synthetic_root_and_names_what_it_accepts(synthetic_root, tmp_path):
+    """`m2df evaluate --dataset data/synthetic-demo` (what the demo writes, and the help's example) just works."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from m2df_hf.evaluation import EXAMPLES, open_dataset
+
+    expected = build_synthetic_dataset_dict(synthetic_root)
+    for source in ("auto", "synthetic"):
+        got = open_dataset(str(synthetic_root), source)
+        assert sorted(got) == ["test", "train", "val"]
+        for split in got:
+            assert got[split].to_list() == expected[split].to_list()
+    demo = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "demo.yaml").read_text())
+    assert re.search(r"--dataset (\S+)", EXAMPLES).group(1) == demo["data"]["path"]
+    (tmp_path / "videos").mkdir()
+    with pytest.raises(ValueError, match="not a save_to_disk folder, a folder of parquet files or a synthetic set "
+                                         "root \\(classes.json and synthetic.json\\)"):
+        open_dataset(str(tmp_path))
+    with pytest.raises(ValueError, match="not a synthetic set root: missing classes.json, synthetic.json"):
+        open_dataset(str(tmp_path), "synthetic")

@@ -178,3 +178,44 @@ def test_undecodable_query_is_named(pipe, tmp_path):
     with pytest.raises(ValueError, match=r"query 1 .*broken_query\.mp4.*could not decode"):
         pipe([videos()["q0"], str(broken)], support_set=support_set())
 
+
+
+@pytest.fixture(scope="module")
+def reference_pipe():
+    """A `reference`-preset model (the prompt selector samples at evaluation, as the official release did)."""
+    from configuration_m2df import M2DFConfig
+    from m2df_hf.pipeline_m2df import M2DFFewShotVideoClassificationPipeline
+    from m2df_hf.tokenization import build_tiny_clip_tokenizer, tiny_clip_config
+    from modeling_m2df import M2DFModel
+
+    torch.manual_seed(0)
+    # pps_scale 1 (not 200): with random weights the draw is then far from one-hot, so seeds really differ
+    config = M2DFConfig.from_preset("reference", clip_config=tiny_clip_config(), num_frames=NUM_FRAMES, pps_scale=1.0)
+    assert config.pps_eval_mode == "sample"
+    model = M2DFModel(config).eval()
+    processor = M2DFVideoProcessor.from_pretrained(exported_dir())
+    return M2DFFewShotVideoClassificationPipeline(
+        model=model, feature_extractor=processor, tokenizer=build_tiny_clip_tokenizer(), device="cpu"
+    )
+
+
+def test_sampled_prompt_selector_is_seeded_per_call(reference_pipe, direct):
+    """Same inputs and seed -> same scores (default seed 0), equal to the model run under that seed; the caller's
+    global RNG is untouched; different seeds really draw different prompts (else the first check proves nothing)."""
+    v, support = videos(), support_set()
+    queries = [v["q0"], v["q1"], v["q2"], v["a0"], v["b1"]]
+    labels = list(support)
+    torch.manual_seed(1234)
+    rng_before = torch.get_rng_state()
+    first = as_matrix(reference_pipe(queries, support_set=support), labels)
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    for _ in range(3):
+        torch.rand(7)  # the global stream moves on between calls; the pipeline must not depend on it
+        assert torch.equal(as_matrix(reference_pipe(queries, support_set=support), labels), first)
+    by_seed = {s: as_matrix(reference_pipe(queries, support_set=support, seed=s), labels) for s in range(6)}
+    assert torch.equal(by_seed[0], first)
+    assert len({tuple(m.flatten().tolist()) for m in by_seed.values()}) > 1
+    for s in (0, 3):
+        torch.manual_seed(s)
+        _, expected = direct_few_shot_probs(reference_pipe.model, direct, support, queries)
+        torch.testing.assert_close(by_seed[s], expected.float(), rtol=1e-5, atol=1e-6)

@@ -69,3 +69,23 @@ def test_space_classifies_through_gradio_client(monkeypatch, tmp_path):
     assert len(gallery) == NUM_FRAMES
     assert [item["caption"] for item in gallery] == [f"frame {t}/{NUM_FRAMES}" for t in range(1, NUM_FRAMES + 1)]
     assert Image.open(gallery[0]["image"]).size == (CROP, CROP)
+
+
+def test_default_model_and_the_message_when_it_cannot_be_loaded(monkeypatch, tmp_path):
+    app = load_app()
+    monkeypatch.delenv("M2DF_MODEL", raising=False)
+    monkeypatch.setattr(app, "LOCAL_DEMO_MODEL", tmp_path / "outputs" / "demo" / "model")  # not written
+    assert app.default_model() == app.DEMO_MODEL_ID
+    with pytest.raises(RuntimeError) as info:  # offline in tests; on a Space the published id may not exist yet
+        app.load_pipeline()
+    message = str(info.value)
+    assert f"could not load the model {app.DEMO_MODEL_ID!r}" in message
+    assert "Set the M2DF_MODEL environment variable" in message and "model folder or Hub id" in message
+
+    monkeypatch.setattr(app, "LOCAL_DEMO_MODEL", exported_dir())  # `make demo` has run: its folder is the default
+    assert app.default_model() == str(exported_dir())
+    assert type(app.load_pipeline()).__name__ == "M2DFFewShotVideoClassificationPipeline"
+    monkeypatch.setenv("M2DF_MODEL", str(tmp_path / "missing"))  # the variable wins, and a bad value is named
+    assert app.default_model() == str(tmp_path / "missing")
+    with pytest.raises(RuntimeError, match="could not load the model .*missing.*Set the M2DF_MODEL"):
+        app.load_pipeline()

@@ -164,6 +164,53 @@ def test_end_to_end_run_selects_on_val_and_tests_the_best_model(full_run, data_r
     assert cli["backbone_frame_encodings"] == results["test_backbone_frame_encodings"]
 
 
+PIPELINE_SCRIPT = """
+import json, sys
+from transformers import pipeline
+pipe = pipeline("video-classification", model=sys.argv[1], trust_remote_code=True)
+support = json.loads(sys.argv[2])
+ranking = pipe(sys.argv[3], support_set=support, top_k=len(support))
+print(json.dumps({"pipeline": type(pipe).__name__, "ranking": ranking}))
+"""
+
+
+def test_saved_model_folder_loads_with_the_standard_pipeline_call(full_run, data_root, tmp_path):
+    """The folder training saves is Hub-ready: `pipeline(...)` in a fresh process gives the model's own scores."""
+    import subprocess
+
+    from m2df_hf.hub import load_components
+
+    _, _, out = full_run
+    model_dir = os.path.join(out, "model")
+    for name in ("pipeline_m2df.py", "handler.py", "requirements.txt", "README.md"):
+        assert os.path.isfile(os.path.join(model_dir, name)), name
+    test = build_synthetic_dataset_dict(data_root)["test"]
+    by_class = {}
+    for row in test:
+        by_class.setdefault(row["class_name"], []).append(row["video"]["path"])
+    names = sorted(by_class)[:3]
+    support = {name: [by_class[name][0]] for name in names}
+    query = by_class[names[1]][1]
+    proc = subprocess.run([sys.executable, "-c", PIPELINE_SCRIPT, model_dir, json.dumps(support), query],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)  # cwd: no repo on sys.path
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["pipeline"] == "M2DFFewShotVideoClassificationPipeline"
+
+    # the same scores straight from the model (paper preset: deterministic at eval)
+    model, processor, tokenizer = load_components(model_dir)
+    with torch.no_grad():
+        pixels = torch.cat([torch.as_tensor(processor(v)["pixel_values"]) for v in [*sum(support.values(), []), query]])
+        embeds = model.get_video_features(pixels)
+        text = tokenizer([model.config.prompt_template.format(n) for n in names], padding=True, return_tensors="pt")
+        logits = model(support_video_embeds=embeds[:3], support_labels=torch.arange(3), query_video_embeds=embeds[3:],
+                       class_text_embeds=model.get_text_features(**text)).logits
+    probs = logits.softmax(-1)[0]
+    expected = {names[i]: float(probs[i]) for i in range(3)}
+    assert [r["label"] for r in got["ranking"]] == sorted(expected, key=expected.get, reverse=True)
+    assert {r["label"]: r["score"] for r in got["ranking"]} == pytest.approx(expected, abs=1e-5)
+
+
 def test_gradient_accumulation_updates_every_k_episodes(data_root, tmp_path):
     """3 episodes per update == a hand-written loop: mean of 3 episode losses, one Adam step per 3 episodes."""
     from m2df_hf.episodes import EpisodeDataset

@@ -4,8 +4,10 @@ Give a few example videos for each class (the support set) and a query video: th
 the CLIP-M2DF few-shot pipeline and shows the frames the model saw. With class names but no support videos it
 falls back to zero-shot CLIP text-video similarity and says so.
 
-The model is an exported clip-m2df folder or Hub id: the ``M2DF_MODEL`` environment variable, else the demo
-model. The pipeline code comes from the model repository (``trust_remote_code=True``).
+The model is a saved clip-m2df folder (from training or ``m2df export``) or Hub id: the ``M2DF_MODEL`` environment
+variable, else ``outputs/demo/model`` of this repository when ``make demo`` has written it, else the published demo
+model id. When that default cannot be loaded, the app stops with a message saying to set ``M2DF_MODEL``. The
+pipeline code comes from the model folder or repository (``trust_remote_code=True``).
 
 Example videos to pick from (optional) live in ``examples/`` beside this file (or ``M2DF_EXAMPLES``):
 ``examples/support/<class name>/<videos>`` and ``examples/query/<videos>``; each query becomes one example row
@@ -22,13 +24,28 @@ import numpy as np
 from transformers import pipeline
 
 DEMO_MODEL_ID = "clip-m2df/clip-m2df-synthetic-demo"
+LOCAL_DEMO_MODEL = Path(__file__).resolve().parents[2] / "outputs" / "demo" / "model"  # written by `make demo`
 MAX_CLASSES = 5
 EXAMPLES_DIR = Path(__file__).parent / "examples"
 
 
+def default_model() -> str:
+    """``M2DF_MODEL``, else the local demo run's model folder when it exists, else the published demo id."""
+    if os.environ.get("M2DF_MODEL"):
+        return os.environ["M2DF_MODEL"]
+    return str(LOCAL_DEMO_MODEL) if (LOCAL_DEMO_MODEL / "config.json").is_file() else DEMO_MODEL_ID
+
+
 def load_pipeline(model_id: str | None = None):
-    model_id = model_id or os.environ.get("M2DF_MODEL", DEMO_MODEL_ID)
-    return pipeline("video-classification", model=model_id, trust_remote_code=True)  # GPU when the Space has one
+    model_id = model_id or default_model()
+    try:
+        return pipeline("video-classification", model=model_id, trust_remote_code=True)  # GPU when the Space has one
+    except Exception as err:  # a missing repo or folder surfaces as OSError, ValueError or an HTTP error
+        raise RuntimeError(
+            f"could not load the model {model_id!r} ({type(err).__name__}: {err}). Set the M2DF_MODEL environment "
+            "variable (a Space variable) to a saved clip-m2df model folder or Hub id, e.g. "
+            "M2DF_MODEL=outputs/demo/model after `make demo`, or the id you pushed with `m2df push`."
+        ) from err
 
 
 def sampled_frames(pipe, video_path: str) -> list[tuple[np.ndarray, str]]:
@@ -129,4 +146,8 @@ def build_demo(model_id: str | None = None) -> gr.Blocks:
 
 
 if __name__ == "__main__":
-    build_demo().launch()
+    try:
+        demo = build_demo()
+    except RuntimeError as err:
+        raise SystemExit(f"clip-m2df demo: error: {err}") from None
+    demo.launch()
