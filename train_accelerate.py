@@ -32,6 +32,7 @@ import warnings
 import numpy as np
 import torch
 
+from m2df_hf.hub import save_hub_folder, write_model_card
 from m2df_hf.run_config import dump_config, load_config
 
 logger = logging.getLogger("train_accelerate")
@@ -253,8 +254,6 @@ def save_model_folder(model, processor, tokenizer, out_dir: str, accelerator) ->
     """The Hub-ready folder, written by the same code as ``m2df export`` (``m2df_hf.hub.save_hub_folder``): weights,
     remote code, the pipeline (``custom_pipelines``), processor, tokenizer, ``handler.py``; the card comes last."""
     if accelerator.is_main_process:
-        from m2df_hf.hub import save_hub_folder
-
         save_hub_folder(accelerator.unwrap_model(model), processor, tokenizer, out_dir)
 
 
@@ -609,20 +608,10 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
     if main:
         write_json(os.path.join(out_dir, "results.json"), results)
         write_json(os.path.join(model_dir, "results.json"), results)
-        write_card(model_dir, results)
+        write_model_card(model_dir, results)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return {**results, "final_weights_fingerprint": final_fingerprint}
-
-
-def write_card(model_dir: str, results: dict) -> None:
-    """The model card from ``results.json`` (``m2df_hf.hub``); skipped with a note if that module is absent."""
-    try:
-        from m2df_hf.hub import write_model_card
-    except ImportError:
-        logger.warning("m2df_hf.hub is not available: no README.md model card written (results.json is there)")
-        return
-    write_model_card(model_dir, results)
 
 
 # ------------------------------------------------------------------------------------------------------------
