@@ -7,7 +7,7 @@ import importlib
 import os
 import sys
 
-# (command, module that defines `add_cli(subparsers)` for it)
+# Modules that each define `add_cli(subparsers)` for their own subcommands.
 COMMAND_MODULES = (
     "m2df_hf.convert",
     "m2df_hf.evaluation",

@@ -22,7 +22,6 @@ import torch  # noqa: E402
 from m2df_hf.tokenization import build_tiny_clip_tokenizer, tiny_clip_config  # noqa: E402
 
 
-
 @pytest.fixture(autouse=True)
 def _seed_and_one_thread():
     """Seeds, and one torch thread: test tensors are tiny, and a second intra-op thread only adds OpenMP
