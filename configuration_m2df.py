@@ -8,6 +8,7 @@ This file is uploaded to the Hugging Face Hub next to ``modeling_m2df.py`` and m
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Any
 
 from transformers import CLIPConfig, PretrainedConfig
@@ -305,7 +306,11 @@ class M2DFConfig(PretrainedConfig):
     def tcn_receptive_field(self) -> int:
         """Frames seen by the last step of the global view's TCN: `1 + 2 (k - 1) (2^levels - 1)` (two causal
         convolutions of kernel k per level, dilations 1, 2, 4, ...). Must be at least `num_frames`."""
-        return 1 + 2 * (self.tcn_kernel_size - 1) * (2**self.tcn_num_levels - 1)
+        return self._receptive_field(self.tcn_kernel_size, self.tcn_num_levels)
+
+    @staticmethod
+    def _receptive_field(kernel_size: int, num_levels: int) -> int:
+        return 1 + 2 * (kernel_size - 1) * (2**num_levels - 1)
 
     def validate(self) -> None:
         """Raise `ValueError` naming the first invalid field."""
@@ -330,7 +335,7 @@ class M2DFConfig(PretrainedConfig):
         _check_float("tcn_dropout", self.tcn_dropout, 0.0, 1.0)
         if self.views in ("both", "global") and self.tcn_receptive_field < self.num_frames:
             kernel, levels = self.tcn_kernel_size, self.tcn_num_levels
-            while 1 + 2 * (kernel - 1) * (2**levels - 1) < self.num_frames:
+            while self._receptive_field(kernel, levels) < self.num_frames:
                 levels += 1
             raise ValueError(
                 f"M2DFConfig.num_frames ({self.num_frames}) exceeds the receptive field of the global view's TCN, "
@@ -380,6 +385,12 @@ class M2DFConfig(PretrainedConfig):
         _check_float("initializer_range", self.initializer_range, 0.0)
         if not isinstance(self.preset, str):
             raise ValueError(f"M2DFConfig.preset must be a str, got {self.preset!r}.")
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        """The behaviour fields a preset can override (`from_preset(**overrides)`), i.e. every constructor argument
+        but `clip_config`. Callers use it to refuse misspelt fields, which `PretrainedConfig` would silently keep."""
+        return set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs", "clip_config", "preset"}
 
     @classmethod
     def from_preset(cls, preset: str = "paper", **overrides) -> "M2DFConfig":

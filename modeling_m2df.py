@@ -444,7 +444,10 @@ class M2DFMutualDistillation(nn.Module):
         self.visual_condition = config.distillation_visual_condition
         self.teacher = config.distillation_teacher
         self.detach_teacher = config.distillation_detach_teacher
-        self.unconditioned_sum = config.unconditioned_distillation == "sum"
+        # the release's (0, 0) branch: unweighted sum over queries instead of the weighted mean
+        self.unconditioned_sum = config.unconditioned_distillation == "sum" and not (
+            self.text_condition or self.visual_condition
+        )
         self.cosine_eps = config.cosine_eps
 
     def reliability(
@@ -478,9 +481,8 @@ class M2DFMutualDistillation(nn.Module):
         if not judgements:  # unconditioned: every query, both directions
             everyone = torch.ones(visual_scores.shape[0], dtype=torch.bool, device=visual_scores.device)
             return everyone, everyone
-        local_better = torch.stack(judgements).all(dim=0)
-        global_better = (~torch.stack(judgements)).all(dim=0)
-        return local_better, global_better
+        judged = torch.stack(judgements)  # [conditions, NQ]: local view judged more reliable
+        return judged.all(dim=0), (~judged).all(dim=0)
 
     def directed_loss(
         self, teacher_logits: torch.Tensor, student_logits: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor
@@ -490,7 +492,7 @@ class M2DFMutualDistillation(nn.Module):
         if self.detach_teacher:
             teacher_log_probs, weights = teacher_log_probs.detach(), weights.detach()
         kl = (teacher_log_probs.exp() * (teacher_log_probs - student_logits.log_softmax(dim=-1))).sum(dim=-1)  # [NQ]
-        if self.unconditioned_sum and not (self.text_condition or self.visual_condition):
+        if self.unconditioned_sum:
             return kl.sum()
         weights = weights * mask
         total = weights.sum()

@@ -104,11 +104,9 @@ def build_processor(cfg: dict):
 
 def check_model_overrides(cfg: dict) -> None:
     """``model.config`` keys must be ``M2DFConfig`` fields (a config would silently keep a misspelt one)."""
-    import inspect
-
     from configuration_m2df import M2DFConfig
 
-    fields = set(inspect.signature(M2DFConfig.__init__).parameters) - {"self", "kwargs", "clip_config", "preset"}
+    fields = M2DFConfig.field_names()
     unknown = sorted(set(cfg["model"]["config"]) - fields)
     if unknown:
         raise ValueError(f"model.config has unknown M2DFConfig field(s) {unknown}; known: {', '.join(sorted(fields))}")

@@ -12,7 +12,6 @@ refused, never executed.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import pickle
@@ -297,7 +296,7 @@ def convert_official_checkpoint(
     from m2df_hf.processing_m2df import M2DFVideoProcessor
     from modeling_m2df import M2DFModel
 
-    fields = set(inspect.signature(M2DFConfig.__init__).parameters) - {"self", "kwargs", "clip_config", "preset"}
+    fields = M2DFConfig.field_names()
     unknown = sorted(set(config_overrides) - fields)
     if unknown:  # PretrainedConfig would silently keep a misspelt field
         raise ValueError(f"Unknown M2DFConfig fields {unknown}; valid fields: {sorted(fields)}.")

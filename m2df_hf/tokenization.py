@@ -11,6 +11,7 @@ import os
 import tempfile
 
 from transformers import CLIPConfig, CLIPTokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
@@ -19,26 +20,12 @@ TINY_BOS_ID = 512
 TINY_EOS_ID = 513
 
 
-def _bytes_to_unicode() -> list[str]:
-    """CLIP's reversible byte -> printable unicode symbol table, in byte order."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    extra = 0
-    table = {}
-    for b in range(256):
-        if b in printable:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return [table[b] for b in range(256)]
-
-
 def build_tiny_clip_tokenizer(save_dir: str | os.PathLike | None = None) -> CLIPTokenizer:
     """Build the byte-level CLIP tokenizer; saved to ``save_dir`` (or a temporary folder)."""
     save_dir = str(save_dir) if save_dir is not None else tempfile.mkdtemp(prefix="m2df_tok_")
     os.makedirs(save_dir, exist_ok=True)
-    symbols = _bytes_to_unicode()
+    table = bytes_to_unicode()  # CLIP's byte -> printable symbol map; its insertion order is not byte order
+    symbols = [table[b] for b in range(256)]
     vocab = {s: i for i, s in enumerate(symbols)}
     vocab.update({s + "</w>": 256 + i for i, s in enumerate(symbols)})
     vocab[BOS_TOKEN] = TINY_BOS_ID
