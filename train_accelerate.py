@@ -29,7 +29,6 @@ import tempfile
 import time
 import warnings
 
-import numpy as np
 import torch
 
 from m2df_hf.hub import save_hub_folder, write_model_card
@@ -39,8 +38,6 @@ logger = logging.getLogger("train_accelerate")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEMO_CONFIG = os.path.join(HERE, "configs", "demo.yaml")
-# forward() inputs taken from an EpisodeDataset item (the rest: class names/ids, used for the prompts)
-EPISODE_TENSORS = ("support_pixel_values", "support_labels", "query_pixel_values", "query_labels")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -102,6 +99,13 @@ def build_processor(cfg: dict):
     return M2DFVideoProcessor.from_preset(preset, **overrides)
 
 
+def model_overrides(cfg: dict) -> dict:
+    """``M2DFConfig`` fields from ``model.config``; ``num_frames`` defaults to the processor's."""
+    overrides = dict(cfg["model"]["config"])
+    overrides.setdefault("num_frames", cfg["processor"]["num_frames"])
+    return overrides
+
+
 def check_model_overrides(cfg: dict) -> None:
     """``model.config`` keys must be ``M2DFConfig`` fields (a config would silently keep a misspelt one)."""
     from configuration_m2df import M2DFConfig
@@ -147,8 +151,7 @@ def check_config(cfg: dict) -> None:
     from m2df_hf.processing_m2df import SAMPLERS
 
     check_model_overrides(cfg)
-    overrides = dict(cfg["model"]["config"])
-    overrides.setdefault("num_frames", cfg["processor"]["num_frames"])
+    overrides = model_overrides(cfg)
     clip_config = _placeholder_clip_config(cfg)
     try:
         M2DFConfig.from_preset(cfg["model"]["preset"], clip_config=clip_config, **overrides)
@@ -185,8 +188,7 @@ def build_model(cfg: dict):
     from modeling_m2df import M2DFModel
 
     m = cfg["model"]
-    overrides = dict(m["config"])
-    overrides.setdefault("num_frames", cfg["processor"]["num_frames"])
+    overrides = model_overrides(cfg)
     if m["base_model"]:
         return M2DFModel.from_clip(m["base_model"], preset=m["preset"], **overrides)
     from m2df_hf.tokenization import tiny_clip_config
@@ -265,7 +267,7 @@ def load_weights_from_folder(model, folder: str) -> None:
     for f in files:
         state.update(load_file(os.path.join(folder, f)))
     missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or [k for k in missing if not k.endswith("position_ids")]:
+    if missing or unexpected:
         raise ValueError(f"best model in {folder} does not match the model: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
 
@@ -351,8 +353,8 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
     from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
     from tqdm.auto import tqdm
 
-    from m2df_hf.episodes import EpisodeDataset, EpisodeSampler
-    from m2df_hf.evaluation import (FeatureCache, compute_text_table, evaluate_episodes, get_split,
+    from m2df_hf.episodes import EpisodeDataset, EpisodeSampler, model_inputs
+    from m2df_hf.evaluation import (FeatureCache, class_prompts, compute_text_table, evaluate_episodes, get_split,
                                     model_fingerprint, split_class_names)
 
     run, tr, ev, ep = cfg["run"], cfg["train"], cfg["eval"], cfg["episodes"]
@@ -395,8 +397,8 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
     # ---- data, processor, model, tokenizer -------------------------------------------------------------
     dsd = load_data(cfg, accelerator)
     splits = {name: get_split(dsd, cfg["data"][f"{name}_split"]) for name in ("train", "val", "test")}
-    for name, query in (("val", ep["test_query_per_class"]), ("test", ep["test_query_per_class"])):
-        EpisodeSampler(splits[name]["label"], ep["way"], ep["shot"], query)  # too few classes: ValueError now
+    for name in ("val", "test"):  # too few classes: ValueError now, not after training
+        EpisodeSampler(splits[name]["label"], ep["way"], ep["shot"], ep["test_query_per_class"])
     processor = build_processor(cfg)
     torch.manual_seed(run["seed"])  # model initialisation: identical on every rank
     model = build_model(cfg)
@@ -406,13 +408,13 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
         enable()
     model.to(accelerator.device)
     text_trainable = text_tower_trainable(model, tokenizer)
+    class_names = {name: split_class_names(split) for name, split in splits.items()}
     tables = {}
     if not text_trainable:  # frozen text tower: each split's prompts are encoded once (METHOD.md 2.1)
-        for name, split in splits.items():
-            tables[name] = compute_text_table(model, tokenizer, split_class_names(split)).to(accelerator.device)
-    train_names = split_class_names(splits["train"])
+        for name, names in class_names.items():
+            tables[name] = compute_text_table(model, tokenizer, names).to(accelerator.device)
+    train_names = class_names["train"]
     text_loss = float(getattr(model.config, "text_loss_weight", 0.0)) > 0
-    template = model.config.prompt_template
 
     episodes = EpisodeDataset(splits["train"], processor, ep["way"], ep["shot"], ep["train_query_per_class"],
                               tr["num_updates"] * E, run["seed"], training=True, flip=cfg["processor"]["flip"],
@@ -431,10 +433,12 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
     unwrapped = accelerator.unwrap_model(model)
     accelerator.init_trackers(cfg["log"]["project_name"], config=flat_hparams(cfg))
 
-    def evaluate(split_name: str, num: int, seed: int, query: int):
+    def evaluate(split_name: str):
+        """The protocol on ``val`` or ``test``: its episode count and seed from ``eval``, 1 query per class."""
         return evaluate_episodes(
             unwrapped, splits[split_name], processor, text_table=tables.get(split_name), tokenizer=tokenizer,
-            way=ep["way"], shot=ep["shot"], query_per_class=query, num_episodes=num, seed=seed,
+            way=ep["way"], shot=ep["shot"], query_per_class=ep["test_query_per_class"],
+            num_episodes=ev[f"{split_name}_episodes"], seed=ev[f"{split_name}_seed"],
             video_batch_size=ev["video_batch_size"], num_workers=cfg["data"]["num_workers"],
             cache=FeatureCache(ev["cache_dir"]), accelerator=accelerator,
             desc=f"{split_name} episodes",
@@ -458,7 +462,7 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
             logger.info("resumed from %s (update %d)", ckpts[-1], state["update"])
 
     if ev["before_training"] and state["before_training"] is None:
-        before = evaluate("test", ev["test_episodes"], ev["test_seed"], ep["test_query_per_class"])
+        before = evaluate("test")
         state["before_training"] = {"accuracy": before.accuracy, "ci95": before.ci95,
                                     "num_episodes": before.num_episodes}
         state["backbone_frame_encodings"] += before.backbone_frame_encodings
@@ -478,11 +482,11 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
         for micro in range(accum):
             batch = next(batches)
             torch.manual_seed(episode_seed(run["seed"], batch["global_episode"]))
-            inputs = {k: batch[k].to(accelerator.device) for k in EPISODE_TENSORS}
+            inputs = {k: v.to(accelerator.device) for k, v in model_inputs(batch).items()}
             class_ids = torch.as_tensor(batch["class_ids"], dtype=torch.long, device=accelerator.device)
             if text_trainable:
-                tok = tokenizer([template.format(train_names[int(c)]) for c in class_ids], padding=True,
-                                return_tensors="pt")
+                tok = tokenizer(class_prompts(model.config, [train_names[int(c)] for c in class_ids]),
+                                padding=True, return_tensors="pt")
                 inputs["class_input_ids"] = tok["input_ids"].to(accelerator.device)
                 inputs["class_attention_mask"] = tok["attention_mask"].to(accelerator.device)
             else:
@@ -553,7 +557,7 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
         # ---- val, best model, checkpoint -------------------------------------------------------------------
         last = state["update"] == tr["num_updates"]
         if state["update"] % ev["val_every"] == 0 or last:
-            val = evaluate("val", ev["val_episodes"], ev["val_seed"], ep["test_query_per_class"])
+            val = evaluate("val")
             model.train()
             state["backbone_frame_encodings"] += val.backbone_frame_encodings
             state["val_history"].append({"update": state["update"], "accuracy": val.accuracy, "ci95": val.ci95})
@@ -582,7 +586,7 @@ def train(cfg: dict, resume: bool = False, stop_after_update: int | None = None)
 
     # ---- the test split, once, on the best-on-val model --------------------------------------------------------
     load_weights_from_folder(unwrapped, model_dir)
-    test = evaluate("test", ev["test_episodes"], ev["test_seed"], ep["test_query_per_class"])
+    test = evaluate("test")
     state["backbone_frame_encodings"] += test.backbone_frame_encodings
     accelerator.log({"test/accuracy": test.accuracy, "test/ci95": test.ci95}, step=state["update"])
     results = {
@@ -622,26 +626,24 @@ def demo_reload_and_classify(cfg: dict, results: dict) -> dict:
     from transformers import AutoFeatureExtractor, AutoModel, AutoTokenizer
 
     from m2df_hf.episodes import EpisodeSampler
-    from m2df_hf.evaluation import get_split, split_class_names
+    from m2df_hf.evaluation import class_prompts, get_split, open_dataset, split_class_names
 
     model_dir = os.path.join(os.path.abspath(cfg["run"]["output_dir"]), "model")
     model = AutoModel.from_pretrained(model_dir, trust_remote_code=True).eval()
     processor = AutoFeatureExtractor.from_pretrained(model_dir, trust_remote_code=True)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)  # folder has auto_map: no prompt
-    split = get_split(load_data(cfg, _NoAccelerator()), cfg["data"]["test_split"])
+    split = get_split(open_dataset(cfg["data"]["path"], cfg["data"]["source"]), cfg["data"]["test_split"])
     names = split_class_names(split)
     ep = cfg["episodes"]
     episode = EpisodeSampler(split["label"], way=ep["way"], shot=ep["shot"], query_per_class=1,
                              seed=cfg["eval"]["test_seed"]).episode(0)
-    get = (lambda k: episode[k]) if isinstance(episode, dict) else (lambda k: getattr(episode, k))
-    support = [split[int(i)]["video"] for i in get("support_indices")]
-    query_index = int(get("query_indices")[0])
-    class_names = [names[int(c)] for c in get("class_ids")]
-    prompts = tokenizer([model.config.prompt_template.format(n) for n in class_names], padding=True,
-                        return_tensors="pt")
+    support = [split[int(i)]["video"] for i in episode.support_indices]
+    query_index = int(episode.query_indices[0])
+    class_names = [names[int(c)] for c in episode.class_ids]
+    prompts = tokenizer(class_prompts(model.config, class_names), padding=True, return_tensors="pt")
     with torch.no_grad():
         out = model(support_pixel_values=processor(support)["pixel_values"],
-                    support_labels=torch.as_tensor(np.asarray(get("support_labels")), dtype=torch.long),
+                    support_labels=torch.as_tensor(episode.support_labels, dtype=torch.long),
                     query_pixel_values=processor([split[query_index]["video"]])["pixel_values"],
                     class_input_ids=prompts["input_ids"], class_attention_mask=prompts["attention_mask"])
     probs = out.logits.softmax(-1)[0]
@@ -649,14 +651,6 @@ def demo_reload_and_classify(cfg: dict, results: dict) -> dict:
     return {"query": split[query_index]["video_id"] if "video_id" in split.column_names else query_index,
             "true": names[int(split[query_index]["label"])], "predicted": class_names[best],
             "score": float(probs[best]), "candidates": class_names}
-
-
-class _NoAccelerator:
-    is_main_process = True
-    is_local_main_process = True
-
-    def wait_for_everyone(self):
-        pass
 
 
 def print_report(cfg: dict, results: dict, demo: dict | None, seconds: float) -> None:

@@ -57,18 +57,9 @@ def load_episode_metric():
     return evaluate.load(METRIC_PATH)
 
 
-def _tensor(output: Any) -> torch.Tensor:
-    """Features from a model call: a tensor, or a ModelOutput whose first field is the tensor."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if hasattr(output, "pooler_output") and output.pooler_output is not None:
-        return output.pooler_output
-    return output[0]
-
-
-def _field(episode: Any, name: str):
-    value = episode[name] if isinstance(episode, dict) else getattr(episode, name)
-    return torch.as_tensor(np.asarray(value), dtype=torch.long)
+def _field(episode, name: str) -> torch.Tensor:
+    """An index array of an ``EpisodeSampler`` episode as a long tensor."""
+    return torch.as_tensor(getattr(episode, name), dtype=torch.long)
 
 
 def model_fingerprint(model: torch.nn.Module, processor: Any = None) -> str:
@@ -98,6 +89,11 @@ def split_class_names(split) -> list[str]:
     return names
 
 
+def class_prompts(config, class_names: Sequence[str]) -> list[str]:
+    """The CLIP prompt of each class: ``config.prompt_template.format(name)`` ("a photo of {}")."""
+    return [config.prompt_template.format(name) for name in class_names]
+
+
 def compute_text_table(model, tokenizer, class_names: Sequence[str], batch_size: int = 256,
                        grad: bool = False) -> torch.Tensor:
     """``[C, D]`` text embeddings of ``prompt_template.format(name)`` for every class name.
@@ -105,8 +101,7 @@ def compute_text_table(model, tokenizer, class_names: Sequence[str], batch_size:
     With the frozen text tower this is computed once per split, in float32, without gradients, exactly as
     the release does at construction (METHOD.md 2.1); ``grad=True`` keeps the graph (trainable text tower).
     """
-    template = getattr(model.config, "prompt_template", "a photo of {}")
-    prompts = [template.format(name) for name in class_names]
+    prompts = class_prompts(model.config, class_names)
     device = next(model.parameters()).device
     rows = []
     with torch.set_grad_enabled(grad):
@@ -114,7 +109,7 @@ def compute_text_table(model, tokenizer, class_names: Sequence[str], batch_size:
             tok = tokenizer(prompts[start : start + batch_size], padding=True, return_tensors="pt")
             feats = model.get_text_features(input_ids=tok["input_ids"].to(device),
                                             attention_mask=tok["attention_mask"].to(device))
-            rows.append(_tensor(feats).float())
+            rows.append(feats.float())
     return torch.cat(rows)
 
 
@@ -330,7 +325,7 @@ def evaluate_episodes(
             if ok:
                 pixels = torch.stack([clips[k] for k in ok]).to(device)
                 with _autocast(accelerator):
-                    feats = _tensor(model.get_video_features(pixels)).float().cpu()
+                    feats = model.get_video_features(pixels).float().cpu()
             mine.append((chunk, ok, feats, failures))
         for chunk, ok, feats, failures in _gather(mine, accelerator):
             failure_messages.extend(failures)

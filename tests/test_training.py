@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from m2df_hf.episodes import model_inputs
 from m2df_hf.run_config import load_config
 from m2df_hf.synthetic import build_synthetic_dataset_dict, make_synthetic_dataset
 
@@ -238,7 +239,7 @@ def test_gradient_accumulation_updates_every_k_episodes(data_root, tmp_path):
         for g in range(3 * update, 3 * update + 3):
             batch = episodes[g]
             torch.manual_seed(ta.episode_seed(cfg["run"]["seed"], g))
-            out = model(**{k: batch[k] for k in ta.EPISODE_TENSORS}, class_text_embeds=table[batch["class_ids"]])
+            out = model(**model_inputs(batch), class_text_embeds=table[batch["class_ids"]])
             (out.loss / 3).backward()
         optimizer.step()
         optimizer.zero_grad()
