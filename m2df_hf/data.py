@@ -33,7 +33,7 @@ import datasets
 from datasets.table import embed_table_storage
 from tqdm.auto import tqdm
 
-from .processing_m2df import VideoDecodeError, count_frames, read_video_frames
+from .processing_m2df import VideoDecodeError, VideoSource
 
 SPLITS = ("train", "val", "test")
 LAYOUTS = ("class_folders", "flat", "auto")
@@ -303,12 +303,13 @@ def probe_video(path: str | os.PathLike) -> tuple[int, str | None]:
     except OSError as error:
         return 0, f"cannot stat ({error})"
     try:
-        num_frames = count_frames(path)
+        source = VideoSource(path)
     except VideoDecodeError as error:
         return 0, f"not a readable video ({_short(error)})"
+    num_frames = len(source)
     for index in sorted({0, num_frames - 1}):
         try:
-            read_video_frames(path, [index])
+            source.get_frames([index])
         except VideoDecodeError as error:
             return 0, f"frame {index} of {num_frames} cannot be decoded ({_short(error)})"
     return num_frames, None
@@ -454,6 +455,20 @@ def dataset_features(class_names: Sequence[str]) -> datasets.Features:
     )
 
 
+def split_dataset(videos, class_names, video_ids, num_frames) -> datasets.Dataset:
+    """One split with the contract's columns; ``label`` indexes the sorted distinct ``class_names``."""
+    names = sorted(set(class_names))
+    label_of = {name: i for i, name in enumerate(names)}
+    columns = {
+        "video": list(videos),
+        "label": [label_of[name] for name in class_names],
+        "class_name": list(class_names),
+        "video_id": list(video_ids),
+        "num_frames": list(num_frames),
+    }
+    return datasets.Dataset.from_dict(columns, features=dataset_features(names))
+
+
 def build_dataset_dict(
     video_root: str | os.PathLike,
     split_files: Mapping[str, str | os.PathLike],
@@ -567,17 +582,11 @@ def build_dataset_dict(
                 continue
             kept.append((row, num_frames))
 
-        class_list = sorted({names[row["class_key"]] for row, _ in kept})
-        label_of = {name: i for i, name in enumerate(class_list)}
-        columns = {
-            "video": [row["path"] for row, _ in kept],
-            "label": [label_of[names[row["class_key"]]] for row, _ in kept],
-            "class_name": [names[row["class_key"]] for row, _ in kept],
-            "video_id": [row["video_id"] for row, _ in kept],
-            "num_frames": [n for _, n in kept],
-        }
-        built[split] = datasets.Dataset.from_dict(columns, features=dataset_features(class_list))
-        split_report.kept, split_report.num_classes = len(kept), len(class_list)
+        built[split] = split_dataset(
+            [row["path"] for row, _ in kept], [names[row["class_key"]] for row, _ in kept],
+            [row["video_id"] for row, _ in kept], [n for _, n in kept],
+        )
+        split_report.kept, split_report.num_classes = len(kept), len(built[split].features["label"].names)
 
     report.warnings = _cross_split_warnings(built)
     if report_path is not None:
@@ -727,7 +736,7 @@ class Benchmark:
 
     def class_names(self, labels_json: str | os.PathLike | None, split_files: Mapping[str, Path], camel_case: bool = True):
         """The class mapping given to ``build_dataset_dict``."""
-        if self.name == "ssv2_full":
+        if self.needs_labels_json:  # SSv2-Full: numeric class ids, named by the labels file
             if labels_json is None:
                 raise ValueError("SSv2-Full split lists use numeric class ids: pass --labels-json something-something-v2-labels.json")
             return load_ssv2_labels(labels_json)

@@ -82,7 +82,7 @@ def _as_frame_array(video: np.ndarray | torch.Tensor) -> np.ndarray:
     return frames
 
 
-class _VideoSource:
+class VideoSource:
     """An opened video: a decord reader, or a decoded array. Opening validates the input."""
 
     def __init__(self, video: Any):
@@ -179,12 +179,12 @@ def count_frames(video: Any) -> int:
 
     Raises ``VideoDecodeError`` (a ``ValueError``) naming the file when it cannot be opened.
     """
-    return len(_VideoSource(video))
+    return len(VideoSource(video))
 
 
 def read_video_frames(video: Any, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
     """Decode ``indices`` of ``video`` (all frames when ``None``) -> uint8 ``[len(indices), H, W, 3]``."""
-    source = _VideoSource(video)
+    source = VideoSource(video)
     if indices is None:
         indices = np.arange(len(source))
     return source.get_frames(indices)
@@ -407,7 +407,7 @@ class M2DFVideoProcessor(FeatureExtractionMixin):
         self, video: Any, training: bool = False, generator: torch.Generator | None = None, flip: bool | None = None
     ) -> torch.Tensor:
         """One video -> float32 ``[T, 3, crop, crop]``: sample indices, decode only those, transform."""
-        source = _VideoSource(video)
+        source = VideoSource(video)
         indices = sample_frame_indices(len(source), self.num_frames, self.sampler, training, generator)
         frames = source.get_frames(indices)
         do_flip = self.do_flip if flip is None else bool(flip)
@@ -459,6 +459,7 @@ __all__ = [
     "CLIP_STD",
     "M2DFVideoProcessor",
     "VideoDecodeError",
+    "VideoSource",
     "count_frames",
     "read_video_frames",
     "sample_frame_indices",

@@ -23,6 +23,7 @@ import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from tqdm.auto import tqdm
 
 COLOURS = {
     "red": (220, 40, 40),
@@ -190,7 +191,7 @@ def render_video(
     return np.clip(frames, 0, 255).astype(np.uint8)
 
 
-def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int = 10) -> str:
+def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int = 10, qscale: int | None = 2) -> str:
     """Write uint8 ``[T, H, W, 3]`` as an mpeg4 mp4 with PyAV (H and W must be even for yuv420p)."""
     import av  # only needed to write videos
 
@@ -202,7 +203,8 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int = 10) -> str
         stream.height, stream.width = frames.shape[1], frames.shape[2]
         stream.pix_fmt = "yuv420p"
         # Constant quantiser 2 (global_quality = 2 * FF_QP2LAMBDA): the default rate control blurs small clips.
-        stream.options = {"flags": "qscale", "global_quality": str(2 * 118)}
+        if qscale is not None:
+            stream.options = {"flags": "qscale", "global_quality": str(qscale * 118)}
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
@@ -239,14 +241,8 @@ def make_synthetic_dataset(root: str | os.PathLike, config: SyntheticConfig | No
     os.makedirs(os.path.join(root, "splits"), exist_ok=True)
 
     jobs = [(split, c) for split in ("train", "val", "test") for c in splits[split]]
-    try:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(jobs, desc="synthetic classes", disable=not progress)
-    except ImportError:  # tqdm is a project dependency; this keeps the module usable without it
-        iterator = jobs
     classes, lines = {}, {split: [] for split in splits}
-    for split, (colour, shape, motion) in iterator:
+    for split, (colour, shape, motion) in tqdm(jobs, desc="synthetic classes", disable=not progress):
         name = class_prompt_name(colour, shape, motion)
         folder = class_folder_name(name)
         classes[folder] = name
@@ -280,7 +276,7 @@ def build_synthetic_dataset_dict(root: str | os.PathLike, check_videos: bool = F
     ``build_dataset_dict`` instead, which opens every video and reports missing or undecodable ones
     (``num_proc`` processes); both give the same dataset for an intact folder.
     """
-    from .data import build_dataset_dict, dataset_features
+    from .data import build_dataset_dict, parse_split_file, split_dataset
 
     root = os.fspath(root)
     with open(os.path.join(root, "classes.json"), encoding="utf-8") as f:
@@ -291,24 +287,18 @@ def build_synthetic_dataset_dict(root: str | os.PathLike, check_videos: bool = F
         return build_dataset_dict(video_root, split_files, layout="class_folders", class_names=classes,
                                   num_proc=num_proc, verbose=False)
 
-    from datasets import Dataset, DatasetDict
+    from datasets import DatasetDict
 
     with open(os.path.join(root, "synthetic.json"), encoding="utf-8") as f:
         num_frames = json.load(f)["num_frames"]
     splits = {}
     for split, path in split_files.items():
-        with open(path, encoding="utf-8") as f:
-            entries = [line.strip().split("/", 1) for line in f if line.strip()]
-        names = sorted({classes[folder] for folder, _ in entries})
-        label_of = {name: i for i, name in enumerate(names)}
-        columns = {
-            "video": [os.path.join(video_root, folder, f"{video_id}.mp4") for folder, video_id in entries],
-            "label": [label_of[classes[folder]] for folder, _ in entries],
-            "class_name": [classes[folder] for folder, _ in entries],
-            "video_id": [video_id for _, video_id in entries],
-            "num_frames": [num_frames] * len(entries),
-        }
-        splits[split] = Dataset.from_dict(columns, features=dataset_features(names))
+        entries = parse_split_file(path)
+        splits[split] = split_dataset(
+            [os.path.join(video_root, folder, f"{video_id}.mp4") for folder, video_id in entries],
+            [classes[folder] for folder, _ in entries], [video_id for _, video_id in entries],
+            [num_frames] * len(entries),
+        )
     return DatasetDict(splits)
 
 

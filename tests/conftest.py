@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from m2df_hf.synthetic import write_mp4  # noqa: E402
 from m2df_hf.tokenization import build_tiny_clip_tokenizer, tiny_clip_config  # noqa: E402
 
 
@@ -47,20 +48,8 @@ def tiny_tokenizer(tmp_path_factory):
 
 
 def write_video(path, frames, fps=10):
-    """Write uint8 frames [T, H, W, 3] as an mpeg4 .mp4 with PyAV (H and W even)."""
-    import av
-
-    frames = np.asarray(frames, dtype=np.uint8)
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.height, stream.width = frames.shape[1], frames.shape[2]
-        stream.pix_fmt = "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return str(path)
+    """Write uint8 frames [T, H, W, 3] as an mpeg4 video with PyAV (H and W even), default rate control."""
+    return write_mp4(path, frames, fps=fps, qscale=None)
 
 
 @pytest.fixture
